@@ -1,0 +1,509 @@
+//! Client requests on their way to the server: simple queries forwarded untouched unless
+//! sluice answers them itself, extended batches rewritten so client statement names map
+//! to shared server statements, with re-`Parse` and LRU `Close` injected as needed.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+
+use super::session::{error_frame, Session};
+use super::state::Unnamed;
+use crate::error::Error;
+use crate::prepare::StatementKey;
+use crate::protocol::backend::{self, CLOSE_COMPLETE, PARSE_COMPLETE};
+use crate::protocol::frontend::{
+    self, execute_portal, query_text, write_bind, write_statement_target, Bind, DescribeOrClose,
+    Parse, Target,
+};
+use crate::protocol::SqlState;
+use crate::router::statement::Local;
+use crate::router::{analyze, StatementInfo};
+use crate::server::expect::{Expect, ParseTrack};
+
+impl Session {
+    /// A simple Query.
+    pub(super) async fn on_query(&mut self, frame: BytesMut) -> Result<(), Error> {
+        if !self.pending.is_empty() {
+            // Extended messages without Sync before a Query: send them first.
+            self.flush_batch(false).await?;
+        }
+        let text = query_text(&frame)?;
+        let info = analyze(text);
+        if let Some(local) = &info.local {
+            if self.expect.is_empty() {
+                return self.answer_local(local.clone()).await;
+            }
+        }
+        if !self.check_pin(info.pin, true).await? {
+            return Ok(());
+        }
+        if !self.ensure_server(true).await? {
+            return Ok(());
+        }
+        let info = (!info.is_plain()).then(|| Arc::new(info));
+        self.state.unnamed = None;
+        if let Some(server) = self.server.as_mut() {
+            server.unnamed = None;
+        }
+        self.expect.push(Expect::Query(info));
+        self.write_server(&[], &frame).await
+    }
+
+    /// A FunctionCall: forwarded as its own request.
+    pub(super) async fn on_function_call(&mut self, frame: Bytes) -> Result<(), Error> {
+        if !self.pending.is_empty() {
+            self.flush_batch(false).await?;
+        }
+        if !self.ensure_server(true).await? {
+            return Ok(());
+        }
+        self.expect.push(Expect::FunctionCall);
+        self.write_server(&[], &frame).await
+    }
+
+    /// Answers DEALLOCATE / DISCARD ALL without a server.
+    async fn answer_local(&mut self, local: Local) -> Result<(), Error> {
+        let mut out = BytesMut::new();
+        match local {
+            Local::Deallocate(name) => {
+                if self.state.statements.remove(name.as_bytes()).is_some() {
+                    backend::command_complete(&mut out, "DEALLOCATE");
+                } else {
+                    error_frame(
+                        &mut out,
+                        SqlState::INVALID_STATEMENT_NAME,
+                        format!("prepared statement \"{name}\" does not exist"),
+                    );
+                }
+            }
+            Local::DeallocateAll => {
+                self.state.statements.clear();
+                backend::command_complete(&mut out, "DEALLOCATE ALL");
+            }
+            Local::DiscardAll => {
+                if self.state.status != crate::protocol::backend::TxStatus::Idle
+                    || self.pinned.is_some()
+                    || self.mode == crate::config::PoolMode::Session
+                {
+                    // Inside a transaction Postgres refuses it; on a dedicated connection
+                    // it really must run there. Forward it.
+                    return self.forward_discard_all().await;
+                }
+                self.state.statements.clear();
+                self.state.unnamed = None;
+                self.state.params = self.state.startup.clone();
+                backend::command_complete(&mut out, "DISCARD ALL");
+            }
+        }
+        backend::ready_for_query(&mut out, self.state.status);
+        self.write_client(&out).await
+    }
+
+    async fn forward_discard_all(&mut self) -> Result<(), Error> {
+        let mut frame = BytesMut::new();
+        frontend::write_query(&mut frame, "DISCARD ALL");
+        if !self.ensure_server(true).await? {
+            return Ok(());
+        }
+        let info = StatementInfo {
+            effects: vec![
+                crate::router::Effect::ResetAll,
+                crate::router::Effect::DropsServerStatements,
+            ],
+            ..Default::default()
+        };
+        self.state.statements.clear();
+        self.expect.push(Expect::Query(Some(Arc::new(info))));
+        self.write_server(&[], &frame).await
+    }
+
+    /// Sends the buffered extended-protocol batch (ending with Sync, or with Flush /
+    /// before a Query or copy data when `sync` is false).
+    pub(super) async fn flush_batch(&mut self, sync: bool) -> Result<(), Error> {
+        let frames = std::mem::take(&mut self.pending);
+        if self.discard_until_sync {
+            if sync {
+                self.discard_until_sync = false;
+                let mut out = BytesMut::new();
+                backend::ready_for_query(&mut out, self.state.status);
+                self.write_client(&out).await?;
+            }
+            return Ok(());
+        }
+        if self.server.is_none() && self.answer_batch_locally(&frames).await? {
+            return Ok(());
+        }
+        // Facts of Parse texts decide pinning before anything is sent; a name defined
+        // twice is refused as Postgres would.
+        let mut pin = None;
+        let mut added: Vec<&[u8]> = Vec::new();
+        let mut closed: Vec<&[u8]> = Vec::new();
+        let mut duplicate = None;
+        for f in &frames {
+            match f[0] {
+                b'P' => {
+                    let p = Parse::read(f)?;
+                    if !p.name.is_empty() {
+                        let exists = (self.state.statements.contains_key(p.name)
+                            && !closed.contains(&p.name))
+                            || added.contains(&p.name);
+                        if exists && duplicate.is_none() {
+                            duplicate = Some(String::from_utf8_lossy(p.name).into_owned());
+                        }
+                        added.push(p.name);
+                        closed.retain(|n| *n != p.name);
+                    }
+                    pin = pin.or(analyze(p.query).pin);
+                }
+                b'C' => {
+                    let c = DescribeOrClose::read(f)?;
+                    if c.target == Target::Statement && !c.name.is_empty() {
+                        added.retain(|n| *n != c.name);
+                        closed.push(c.name);
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Some(name) = duplicate {
+            let mut out = BytesMut::new();
+            error_frame(
+                &mut out,
+                SqlState::DUPLICATE_PREPARED_STATEMENT,
+                format!("prepared statement \"{name}\" already exists"),
+            );
+            if sync {
+                backend::ready_for_query(&mut out, self.state.status);
+            } else {
+                self.discard_until_sync = true;
+            }
+            return self.write_client(&out).await;
+        }
+        if !self.check_pin(pin, sync).await? {
+            return Ok(());
+        }
+        if !self.ensure_server(sync).await? {
+            return Ok(());
+        }
+        let mut front = std::mem::take(&mut self.sout);
+        let mut body = BytesMut::new();
+        front.clear();
+        let result = self.translate(&frames, &mut front, &mut body);
+        let sent = match result {
+            Ok(()) => self.write_server(&front, &body).await,
+            Err(e) => Err(e),
+        };
+        front.clear();
+        self.sout = front;
+        sent
+    }
+
+    /// A batch of only Close and Sync while idle: answered without a server.
+    async fn answer_batch_locally(&mut self, frames: &[Bytes]) -> Result<bool, Error> {
+        let Some((last, rest)) = frames.split_last() else {
+            return Ok(true);
+        };
+        if last[0] != b'S' || !rest.iter().all(|f| f[0] == b'C') {
+            return Ok(false);
+        }
+        let mut out = BytesMut::new();
+        for f in rest {
+            let c = DescribeOrClose::read(f)?;
+            if c.target == Target::Statement {
+                if c.name.is_empty() {
+                    self.state.unnamed = None;
+                } else {
+                    self.state.statements.remove(c.name);
+                }
+            }
+            out.extend_from_slice(&CLOSE_COMPLETE);
+        }
+        backend::ready_for_query(&mut out, self.state.status);
+        self.write_client(&out).await?;
+        Ok(true)
+    }
+
+    /// Rewrites a batch for the attached server. Injected messages that must precede the
+    /// batch (LRU closes) go to `front`, the rest to `body`.
+    fn translate(
+        &mut self,
+        frames: &[Bytes],
+        front: &mut BytesMut,
+        body: &mut BytesMut,
+    ) -> Result<(), Error> {
+        let max_prepared = self.pool.settings().max_prepared_statements;
+        let client_id = self.id;
+        let search_path = self.state.search_path();
+        let mut used: Vec<u64> = Vec::new();
+        let mut parsed_unnamed = false;
+        let batch_start = self.expect.len();
+        let mut evictions = 0usize;
+        for f in frames {
+            let server = self
+                .server
+                .as_mut()
+                .ok_or(Error::UnexpectedMessage("no server attached"))?;
+            match f[0] {
+                b'P' => {
+                    let p = Parse::read(f)?;
+                    if p.name.is_empty() {
+                        self.state.unnamed_seq += 1;
+                        let seq = self.state.unnamed_seq;
+                        let info = Arc::new(analyze(p.query));
+                        self.state.unnamed = Some(Unnamed {
+                            seq,
+                            parse: f.clone(),
+                            info,
+                        });
+                        server.unnamed = Some((client_id, seq));
+                        parsed_unnamed = true;
+                        body.extend_from_slice(f);
+                        self.expect.push(Expect::Parse {
+                            forward: true,
+                            track: ParseTrack {
+                                client_name: None,
+                                statement: None,
+                            },
+                        });
+                        continue;
+                    }
+                    let key = StatementKey {
+                        query: f.slice_ref(p.query),
+                        param_types: f.slice_ref(p.param_types),
+                        search_path: search_path.clone(),
+                    };
+                    let stmt = self
+                        .shared
+                        .statements
+                        .get_or_create(key, || analyze(p.query));
+                    self.state.statements.insert(p.name.to_vec(), stmt.clone());
+                    used.push(stmt.id);
+                    if server.prepared.touch(stmt.id) {
+                        self.shared
+                            .metrics
+                            .prepared_statements
+                            .with_label_values(&["reused"])
+                            .inc();
+                        self.expect
+                            .push(Expect::Synthetic(Bytes::from_static(&PARSE_COMPLETE)));
+                    } else {
+                        evictions += evict(
+                            server,
+                            max_prepared,
+                            &used,
+                            front,
+                            &mut self.expect,
+                            batch_start + evictions,
+                            &self.shared,
+                        );
+                        server.prepared.insert(stmt.id);
+                        self.shared
+                            .metrics
+                            .prepared_statements
+                            .with_label_values(&["prepared"])
+                            .inc();
+                        body.extend_from_slice(&stmt.parse);
+                        self.expect.push(Expect::Parse {
+                            forward: true,
+                            track: ParseTrack {
+                                client_name: Some(p.name.to_vec()),
+                                statement: Some(stmt),
+                            },
+                        });
+                    }
+                }
+                b'B' => {
+                    let b = Bind::read(f)?;
+                    let info = if b.statement.is_empty() {
+                        let unnamed = self.state.unnamed.clone();
+                        if let Some(u) = &unnamed {
+                            if !parsed_unnamed && server.unnamed != Some((client_id, u.seq)) {
+                                body.extend_from_slice(&u.parse);
+                                server.unnamed = Some((client_id, u.seq));
+                                self.expect.push(Expect::Parse {
+                                    forward: false,
+                                    track: ParseTrack {
+                                        client_name: None,
+                                        statement: None,
+                                    },
+                                });
+                            }
+                        }
+                        body.extend_from_slice(f);
+                        unnamed.map(|u| u.info)
+                    } else if let Some(stmt) = self.state.statements.get(b.statement).cloned() {
+                        used.push(stmt.id);
+                        if !server.prepared.touch(stmt.id) {
+                            evictions += evict(
+                                server,
+                                max_prepared,
+                                &used,
+                                front,
+                                &mut self.expect,
+                                batch_start + evictions,
+                                &self.shared,
+                            );
+                            server.prepared.insert(stmt.id);
+                            body.extend_from_slice(&stmt.parse);
+                            self.shared
+                                .metrics
+                                .prepared_statements
+                                .with_label_values(&["prepared"])
+                                .inc();
+                            self.expect.push(Expect::Parse {
+                                forward: false,
+                                track: ParseTrack {
+                                    client_name: None,
+                                    statement: Some(stmt.clone()),
+                                },
+                            });
+                        }
+                        write_bind(body, &b, &stmt.name);
+                        (!stmt.info.is_plain()).then(|| Arc::new(stmt.info.clone()))
+                    } else {
+                        // Unknown name: let the server report it.
+                        body.extend_from_slice(f);
+                        None
+                    };
+                    match info.filter(|i| !i.is_plain()) {
+                        Some(i) => {
+                            self.state.portals.insert(b.portal.to_vec(), i);
+                        }
+                        None => {
+                            if !self.state.portals.is_empty() {
+                                self.state.portals.remove(b.portal);
+                            }
+                        }
+                    }
+                    self.expect.push(Expect::Bind);
+                }
+                b'D' => {
+                    let d = DescribeOrClose::read(f)?;
+                    match d.target {
+                        Target::Portal => {
+                            body.extend_from_slice(f);
+                            self.expect.push(Expect::DescribePortal);
+                        }
+                        Target::Statement if d.name.is_empty() => {
+                            if let Some(u) = &self.state.unnamed {
+                                if !parsed_unnamed && server.unnamed != Some((client_id, u.seq)) {
+                                    body.extend_from_slice(&u.parse);
+                                    server.unnamed = Some((client_id, u.seq));
+                                    self.expect.push(Expect::Parse {
+                                        forward: false,
+                                        track: ParseTrack {
+                                            client_name: None,
+                                            statement: None,
+                                        },
+                                    });
+                                }
+                            }
+                            body.extend_from_slice(f);
+                            self.expect.push(Expect::DescribeStatement);
+                        }
+                        Target::Statement => match self.state.statements.get(d.name).cloned() {
+                            Some(stmt) => {
+                                used.push(stmt.id);
+                                if !server.prepared.touch(stmt.id) {
+                                    evictions += evict(
+                                        server,
+                                        max_prepared,
+                                        &used,
+                                        front,
+                                        &mut self.expect,
+                                        batch_start + evictions,
+                                        &self.shared,
+                                    );
+                                    server.prepared.insert(stmt.id);
+                                    body.extend_from_slice(&stmt.parse);
+                                    self.expect.push(Expect::Parse {
+                                        forward: false,
+                                        track: ParseTrack {
+                                            client_name: None,
+                                            statement: Some(stmt.clone()),
+                                        },
+                                    });
+                                }
+                                write_statement_target(body, b'D', &stmt.name);
+                                self.expect.push(Expect::DescribeStatement);
+                            }
+                            None => {
+                                body.extend_from_slice(f);
+                                self.expect.push(Expect::DescribeStatement);
+                            }
+                        },
+                    }
+                }
+                b'E' => {
+                    let portal = execute_portal(f)?;
+                    let info = if self.state.portals.is_empty() {
+                        None
+                    } else {
+                        self.state.portals.get(portal).cloned()
+                    };
+                    body.extend_from_slice(f);
+                    self.expect.push(Expect::Execute(info));
+                }
+                b'C' => {
+                    let c = DescribeOrClose::read(f)?;
+                    match c.target {
+                        Target::Statement => {
+                            if c.name.is_empty() {
+                                self.state.unnamed = None;
+                            } else {
+                                self.state.statements.remove(c.name);
+                            }
+                            self.expect
+                                .push(Expect::Synthetic(Bytes::from_static(&CLOSE_COMPLETE)));
+                        }
+                        Target::Portal => {
+                            self.state.portals.remove(c.name);
+                            body.extend_from_slice(f);
+                            self.expect.push(Expect::Close { forward: true });
+                        }
+                    }
+                }
+                b'S' => {
+                    body.extend_from_slice(f);
+                    self.expect.push(Expect::Sync);
+                }
+                b'H' => body.extend_from_slice(f),
+                _ => {
+                    return Err(Error::UnexpectedMessage(
+                        "unexpected message in extended batch",
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Makes room for one more statement on `server`, queuing a Close for each victim ahead
+/// of the batch (its expectation goes at `at`, where the batch's entries begin). Returns
+/// how many were evicted.
+fn evict(
+    server: &mut crate::server::ServerConn,
+    max: usize,
+    keep: &[u64],
+    front: &mut BytesMut,
+    expect: &mut crate::server::expect::ExpectQueue,
+    at: usize,
+    shared: &super::Shared,
+) -> usize {
+    let mut n = 0;
+    while server.prepared.len() >= max {
+        let Some(victim) = server.prepared.evict(keep) else {
+            break;
+        };
+        write_statement_target(front, b'C', format!("sluice_{victim}").as_bytes());
+        expect.insert(at + n, Expect::Close { forward: false });
+        shared
+            .metrics
+            .prepared_statements
+            .with_label_values(&["evicted"])
+            .inc();
+        n += 1;
+    }
+    n
+}

@@ -1,0 +1,119 @@
+//! The process-wide registry of server statements.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::protocol::frontend::write_parse;
+use crate::router::StatementInfo;
+
+/// What makes two client statements the same server statement.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StatementKey {
+    /// Query text.
+    pub query: Bytes,
+    /// Raw parameter-type section of the Parse (count + OIDs).
+    pub param_types: Bytes,
+    /// The client's `search_path` setting (SQL text) when it set one.
+    pub search_path: Option<Arc<str>>,
+}
+
+/// A statement prepared on server connections under a sluice-chosen name.
+#[derive(Debug)]
+pub struct ServerStatement {
+    /// Unique id; the server name is derived from it.
+    pub id: u64,
+    /// The server-side name (`sluice_<id>`).
+    pub name: Box<[u8]>,
+    /// A ready-to-send Parse under the server name.
+    pub parse: Bytes,
+    /// What the statement does to the session.
+    pub info: StatementInfo,
+    /// The key.
+    pub key: StatementKey,
+}
+
+/// Shared statements, alive while any client maps a name to them.
+#[derive(Default)]
+pub struct StatementRegistry {
+    next_id: AtomicU64,
+    map: Mutex<HashMap<StatementKey, Weak<ServerStatement>>>,
+}
+
+impl StatementRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The server statement for `key`, created on first use.
+    pub fn get_or_create(
+        &self,
+        key: StatementKey,
+        info: impl FnOnce() -> StatementInfo,
+    ) -> Arc<ServerStatement> {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = map.get(&key).and_then(Weak::upgrade) {
+            return s;
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let name = format!("sluice_{id}").into_bytes().into_boxed_slice();
+        let mut parse = BytesMut::new();
+        write_parse(&mut parse, &name, &key.query, &key.param_types);
+        let stmt = Arc::new(ServerStatement {
+            id,
+            name,
+            parse: parse.freeze(),
+            info: info(),
+            key: key.clone(),
+        });
+        if map.len() > 1024 && map.len().is_power_of_two() {
+            map.retain(|_, w| w.strong_count() > 0);
+        }
+        map.insert(key, Arc::downgrade(&stmt));
+        stmt
+    }
+
+    /// Live entries (for tests and metrics).
+    pub fn len(&self) -> usize {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.values().filter(|w| w.strong_count() > 0).count()
+    }
+
+    /// True when no statement is live.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(q: &str, sp: Option<&str>) -> StatementKey {
+        StatementKey {
+            query: Bytes::from(q.to_owned()),
+            param_types: Bytes::from_static(&[0, 0]),
+            search_path: sp.map(Arc::from),
+        }
+    }
+
+    #[test]
+    fn same_key_shares_a_statement_and_keys_compare_fully() {
+        let r = StatementRegistry::new();
+        let a = r.get_or_create(key("SELECT 1", None), StatementInfo::default);
+        let b = r.get_or_create(key("SELECT 1", None), StatementInfo::default);
+        let c = r.get_or_create(key("SELECT 1", Some("tenant_a")), StatementInfo::default);
+        let d = r.get_or_create(key("SELECT 2", None), StatementInfo::default);
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_ne!(a.id, c.id);
+        assert_ne!(a.id, d.id);
+        assert_eq!(&*a.name, format!("sluice_{}", a.id).as_bytes());
+        drop((a, b));
+        let e = r.get_or_create(key("SELECT 1", None), StatementInfo::default);
+        assert_ne!(e.id, c.id);
+        assert_eq!(r.len(), 3);
+    }
+}

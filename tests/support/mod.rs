@@ -1,0 +1,384 @@
+//! Test support: a real PostgreSQL cluster per test binary (initdb in a temp dir, free
+//! loopback port, SCRAM/md5/trust users), polled for readiness with a deadline, and
+//! sluice started in-process on its own runtime thread.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use sluice::config::Config;
+use sluice::shutdown::Shutdown;
+
+/// Where the PostgreSQL server binaries are.
+pub fn pg_bin() -> PathBuf {
+    if let Ok(dir) = std::env::var("PG_BIN") {
+        return PathBuf::from(dir);
+    }
+    for v in ["15", "16", "17", "18"] {
+        let p = PathBuf::from(format!("/usr/lib/postgresql/{v}/bin"));
+        if p.join("initdb").exists() {
+            return p;
+        }
+    }
+    panic!("PostgreSQL server binaries not found: run scripts/install-deps.sh (or set PG_BIN)");
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc_geteuid() == 0 }
+}
+
+extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+/// Runs a command as the unprivileged `postgres` OS user when we are root.
+fn as_pg_user(program: &Path) -> Command {
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+/// Polls `f` until it returns true or the deadline passes.
+pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(5);
+    while !f() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// A running PostgreSQL cluster, stopped and removed when the test process exits.
+pub struct Cluster {
+    pub port: u16,
+    pub dir: PathBuf,
+    _watchdog: Child,
+}
+
+pub const SCRAM_USER: (&str, &str) = ("app", "app_pw");
+pub const MD5_USER: (&str, &str) = ("md5_user", "md5_pw");
+pub const TRUST_USER: &str = "trust_user";
+
+impl Cluster {
+    /// Starts a fresh cluster.
+    pub fn start() -> Cluster {
+        let bin = pg_bin();
+        let dir =
+            std::env::temp_dir().join(format!("sluice-pg-{}-{}", std::process::id(), free_port()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        if is_root() {
+            let ok = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&dir)
+                .status()
+                .expect("chown");
+            assert!(ok.success(), "chown failed");
+        }
+        let data = dir.join("data");
+        let out = as_pg_user(&bin.join("initdb"))
+            .args(["-D"])
+            .arg(&data)
+            .args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "--locale=C",
+            ])
+            .output()
+            .expect("run initdb");
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let hba = format!(
+            "local all all trust\nhost all postgres 127.0.0.1/32 trust\nhost all {TRUST_USER} 127.0.0.1/32 trust\n\
+             host all {} 127.0.0.1/32 md5\nhost all all 127.0.0.1/32 scram-sha-256\n",
+            MD5_USER.0
+        );
+        write_as_pg(&data.join("pg_hba.conf"), &hba);
+        let port = free_port();
+        let conf = format!(
+            "listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{}'\nfsync = off\n\
+             synchronous_commit = off\nfull_page_writes = off\nmax_connections = 200\nshared_buffers = 64MB\n\
+             log_min_messages = warning\nshared_preload_libraries = 'pg_stat_statements'\n",
+            dir.display()
+        );
+        append_as_pg(&data.join("postgresql.conf"), &conf);
+        // The watchdog shell stops and removes the cluster when our stdin closes, i.e.
+        // when this test process exits for any reason.
+        let postgres = bin.join("postgres");
+        let script = format!(
+            "{run} {pg} -D {data} & pid=$!; read _; kill -INT $pid; wait $pid; rm -rf {dir}",
+            run = if is_root() {
+                "runuser -u postgres --"
+            } else {
+                ""
+            },
+            pg = postgres.display(),
+            data = data.display(),
+            dir = dir.display()
+        );
+        let watchdog = Command::new("sh")
+            .args(["-c", &script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start postgres");
+        let c = Cluster {
+            port,
+            dir,
+            _watchdog: watchdog,
+        };
+        let isready = bin.join("pg_isready");
+        wait_until(
+            "postgres to accept connections",
+            Duration::from_secs(60),
+            || {
+                Command::new(&isready)
+                    .args([
+                        "-h",
+                        "127.0.0.1",
+                        "-p",
+                        &port.to_string(),
+                        "-U",
+                        "postgres",
+                        "-q",
+                    ])
+                    .status()
+                    .map(|s| s.success())
+                    .unwrap_or(false)
+            },
+        );
+        c.psql(&format!(
+            "CREATE ROLE {a} LOGIN PASSWORD '{ap}' SUPERUSER; \
+             SET password_encryption = 'md5'; CREATE ROLE {m} LOGIN PASSWORD '{mp}'; \
+             CREATE ROLE {t} LOGIN;",
+            a = SCRAM_USER.0,
+            ap = SCRAM_USER.1,
+            m = MD5_USER.0,
+            mp = MD5_USER.1,
+            t = TRUST_USER
+        ));
+        c.psql(&format!("CREATE DATABASE appdb OWNER {}", SCRAM_USER.0));
+        c.psql(&format!(
+            "GRANT ALL ON DATABASE appdb TO {}, {}",
+            MD5_USER.0, TRUST_USER
+        ));
+        c.psql_db(
+            "appdb",
+            "CREATE EXTENSION pg_stat_statements; GRANT ALL ON SCHEMA public TO PUBLIC;",
+        );
+        c
+    }
+
+    /// Runs SQL as the superuser in `postgres`.
+    pub fn psql(&self, sql: &str) -> String {
+        self.psql_db("postgres", sql)
+    }
+
+    /// Runs SQL as the superuser in `db`; panics on failure.
+    pub fn psql_db(&self, db: &str, sql: &str) -> String {
+        let out = Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                db,
+            ])
+            .args(["-v", "ON_ERROR_STOP=1", "-qAt", "-c", sql])
+            .output()
+            .expect("run psql");
+        assert!(
+            out.status.success(),
+            "psql failed: {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// `host:port` of the server.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+fn write_as_pg(path: &Path, text: &str) {
+    std::fs::write(path, text).expect("write file");
+    if is_root() {
+        let _ = Command::new("chown")
+            .args(["postgres:postgres"])
+            .arg(path)
+            .status();
+    }
+}
+
+fn append_as_pg(path: &Path, text: &str) {
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .expect("open conf");
+    f.write_all(text.as_bytes()).expect("append conf");
+}
+
+/// The cluster shared by every test in this binary.
+pub fn cluster() -> &'static Cluster {
+    static C: OnceLock<Cluster> = OnceLock::new();
+    C.get_or_init(Cluster::start)
+}
+
+/// A sluice running in-process on its own thread and runtime.
+pub struct Sluice {
+    pub addr: SocketAddr,
+    shutdown: Shutdown,
+    thread: Option<std::thread::JoinHandle<()>>,
+    pub metrics: std::sync::Arc<sluice::metrics::Metrics>,
+}
+
+impl Sluice {
+    /// Starts sluice with `toml` (its `listen.postgres` should use port 0).
+    pub fn start(toml: &str) -> Sluice {
+        let cfg = Config::parse(toml).unwrap_or_else(|e| panic!("bad test config: {e:?}\n{toml}"));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let proxy = sluice::Proxy::bind(cfg, None).await.expect("bind");
+                tx.send((proxy.local_addr, proxy.shutdown(), proxy.metrics()))
+                    .expect("send addr");
+                proxy.serve().await;
+            });
+        });
+        let (addr, shutdown, metrics) = rx.recv().expect("sluice started");
+        Sluice {
+            addr,
+            shutdown,
+            thread: Some(thread),
+            metrics,
+        }
+    }
+
+    /// A connection string for tokio-postgres.
+    pub fn url(&self, user: &str, password: &str, db: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={user} password={password} dbname={db}",
+            self.addr.port()
+        )
+    }
+
+    /// Stops it and waits.
+    pub fn stop(mut self) {
+        self.shutdown.trigger();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Sluice {
+    fn drop(&mut self) {
+        self.shutdown.trigger();
+    }
+}
+
+/// A config for the shared cluster's `appdb` with pool `size`, plus extra TOML lines
+/// appended to `[pool]`.
+pub fn config(cluster: &Cluster, size: usize, pool_extra: &str) -> String {
+    format!(
+        r#"
+[listen]
+postgres = "127.0.0.1:0"
+
+[pool]
+size = {size}
+{pool_extra}
+
+[[databases]]
+name = "appdb"
+primary = "{addr}"
+user = "{su}"
+password = "{sp}"
+
+[[databases]]
+name = "passdb"
+dbname = "appdb"
+primary = "{addr}"
+
+[[users]]
+name = "alice"
+password = "alice_pw"
+
+[[users]]
+name = "bob"
+password = "bob_pw"
+auth = "md5"
+
+[[users]]
+name = "{su}"
+password = "{sp}"
+
+[[users]]
+name = "{mu}"
+password = "{mp}"
+auth = "md5"
+"#,
+        addr = cluster.addr(),
+        su = SCRAM_USER.0,
+        sp = SCRAM_USER.1,
+        mu = MD5_USER.0,
+        mp = MD5_USER.1,
+    )
+}
+
+/// Connects with tokio-postgres and drives the connection on the current runtime.
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect {url}: {e}"));
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+/// Tries to connect, returning the error.
+pub async fn try_connect(url: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}

@@ -1,6 +1,6 @@
 //! The `sluice` binary: CLI, logging, runtime and signals around [`sluice::Proxy`].
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -72,7 +72,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn check(path: &PathBuf) -> ExitCode {
+fn check(path: &Path) -> ExitCode {
     match Config::load(path) {
         Ok(cfg) => {
             println!("# {} is valid; effective configuration:\n", path.display());
@@ -86,7 +86,7 @@ fn check(path: &PathBuf) -> ExitCode {
     }
 }
 
-fn serve(path: &PathBuf) -> anyhow::Result<()> {
+fn serve(path: &Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     let runtime = if config.worker_threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
@@ -100,7 +100,7 @@ fn serve(path: &PathBuf) -> anyhow::Result<()> {
     }
     .context("building the runtime")?;
     runtime.block_on(async move {
-        let proxy = Proxy::bind(config, Some(path.clone()))
+        let proxy = Proxy::bind(config, Some(path.to_path_buf()))
             .await
             .context("binding the listener")?;
         let shutdown = proxy.shutdown();

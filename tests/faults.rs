@@ -6,7 +6,7 @@ mod support;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use support::{cluster, config, connect, try_connect, Sluice, MD5_USER, SCRAM_USER};
+use support::{cluster, config, connect, connect_err, Sluice, MD5_USER, SCRAM_USER};
 
 fn app_url(s: &Sluice) -> String {
     s.url("alice", "alice_pw", "appdb")
@@ -73,25 +73,13 @@ async fn waiters_are_served_in_turn_not_starved() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_password_and_unknown_user_get_28p01_and_unknown_db_3d000() {
     let s = Sluice::start(&config(cluster(), 1, ""));
-    let err = try_connect(&s.url("alice", "nope", "appdb"))
-        .await
-        .err()
-        .expect("wrong password");
+    let err = connect_err(&s.url("alice", "nope", "appdb"), "wrong password").await;
     assert_eq!(code(&err), Some("28P01"), "{err}");
-    let err = try_connect(&s.url("mallory", "x", "appdb"))
-        .await
-        .err()
-        .expect("unknown user");
+    let err = connect_err(&s.url("mallory", "x", "appdb"), "unknown user").await;
     assert_eq!(code(&err), Some("28P01"), "{err}");
-    let err = try_connect(&s.url("bob", "nope", "appdb"))
-        .await
-        .err()
-        .expect("md5 wrong password");
+    let err = connect_err(&s.url("bob", "nope", "appdb"), "md5 wrong password").await;
     assert_eq!(code(&err), Some("28P01"), "{err}");
-    let err = try_connect(&s.url("alice", "alice_pw", "nodb"))
-        .await
-        .err()
-        .expect("unknown database");
+    let err = connect_err(&s.url("alice", "alice_pw", "nodb"), "unknown database").await;
     assert_eq!(code(&err), Some("3D000"), "{err}");
     // md5 client auth works, and others are unaffected.
     let c = connect(&s.url("bob", "bob_pw", "appdb")).await;
@@ -283,7 +271,7 @@ async fn upstream_down_gives_08001_and_sluice_stays_up() {
     );
     let s = Sluice::start(&toml);
     // The startup needs a server connection to learn parameters: it fails cleanly.
-    let err = try_connect(&app_url(&s)).await.err().expect("no upstream");
+    let err = connect_err(&app_url(&s), "no upstream").await;
     assert_eq!(code(&err), Some("08001"), "{err}");
     // The other database (same sluice) works.
     let c = connect(&s.url(SCRAM_USER.0, SCRAM_USER.1, "passdb")).await;
@@ -324,9 +312,6 @@ async fn max_client_connections_is_enforced() {
     let s = Sluice::start(&config(cluster(), 1, "max_client_connections = 2"));
     let _a = connect(&app_url(&s)).await;
     let _b = connect(&app_url(&s)).await;
-    let err = try_connect(&app_url(&s))
-        .await
-        .err()
-        .expect("third refused");
+    let err = connect_err(&app_url(&s), "third refused").await;
     assert_eq!(code(&err), Some("53300"), "{err}");
 }

@@ -25,6 +25,10 @@ use crate::protocol::io::try_read_some;
 use crate::server::params::ParamSet;
 use crate::server::{connect, Login, ServerConn};
 
+/// ParameterStatus values a server reports under one settings set.
+pub type Reported = Arc<Vec<(String, String)>>;
+
+#[allow(clippy::large_enum_variant, reason = "moved once per hand-off; boxing would allocate per checkout")]
 enum Grant {
     Conn(ServerConn),
     Slot,
@@ -56,9 +60,10 @@ pub struct Pool {
     /// Pre-resolved metric handles.
     pub metrics: PoolMetrics,
     empty: Arc<ParamSet>,
-    reported: Mutex<HashMap<u64, Arc<Vec<(String, String)>>>>,
+    reported: Mutex<HashMap<u64, Reported>>,
 }
 
+#[allow(clippy::large_enum_variant, reason = "short-lived local value")]
 enum Next {
     Ready(ServerConn),
     Open,
@@ -339,7 +344,7 @@ impl Pool {
     }
 
     /// Reported parameters cached for a settings set.
-    pub fn reported_for(&self, set: &ParamSet) -> Option<Arc<Vec<(String, String)>>> {
+    pub fn reported_for(&self, set: &ParamSet) -> Option<Reported> {
         self.reported
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -57,11 +57,13 @@ impl ParamSet {
     }
 }
 
+type Entries = Vec<(String, String)>;
+
 /// Interns parameter sets so equal sets are the same `Arc`.
 #[derive(Default)]
 pub struct ParamInterner {
     next: AtomicU64,
-    map: Mutex<HashMap<Vec<(String, String)>, Weak<ParamSet>>>,
+    map: Mutex<HashMap<Entries, Weak<ParamSet>>>,
 }
 
 impl ParamInterner {

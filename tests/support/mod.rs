@@ -382,3 +382,11 @@ pub async fn try_connect(url: &str) -> Result<tokio_postgres::Client, tokio_post
     });
     Ok(client)
 }
+
+/// Connects expecting failure; returns the error.
+pub async fn connect_err(url: &str, why: &str) -> tokio_postgres::Error {
+    match try_connect(url).await {
+        Ok(_) => panic!("connection unexpectedly succeeded: {why}"),
+        Err(e) => e,
+    }
+}

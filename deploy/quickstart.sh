@@ -47,7 +47,9 @@ unset PGHOST PGHOSTADDR PGPORT PGDATABASE PGUSER PGPASSWORD PGPASSFILE \
 
 # --- output helpers -----------------------------------------------------------
 
-step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+# Bold step headers on a terminal, plain text when piped to a file or CI log.
+if [ -t 1 ]; then BOLD=$'\033[1m' RESET=$'\033[0m'; else BOLD="" RESET=""; fi
+step() { printf '\n%s==> %s%s\n' "$BOLD" "$*" "$RESET"; }
 info() { printf '    %s\n' "$*"; }
 die()  { printf '\nerror: %s\n' "$*" >&2; exit 1; }
 
@@ -178,11 +180,17 @@ install_deps() {
     bash "$REPO_ROOT/scripts/install-deps.sh"
 }
 
+# Cheap checks first, before installing or building anything.
+preflight() {
+    # An explicit SLUICE_BIN that doesn't exist is almost certainly a typo;
+    # failing beats silently starting a multi-minute release build.
+    if [ -n "${SLUICE_BIN:-}" ] && [ ! -x "$SLUICE_BIN" ]; then
+        die "SLUICE_BIN=$SLUICE_BIN is not an executable file"
+    fi
+}
+
 build_sluice() {
     if [ -n "${SLUICE_BIN:-}" ]; then
-        # An explicit SLUICE_BIN that doesn't exist is almost certainly a typo;
-        # failing beats silently starting a multi-minute release build.
-        [ -x "$SLUICE_BIN" ] || die "SLUICE_BIN=$SLUICE_BIN is not an executable file"
         step "Using prebuilt sluice: $SLUICE_BIN"
         return
     fi
@@ -261,8 +269,9 @@ create_app_db() {
         -c "CREATE ROLE $APP_USER LOGIN PASSWORD '$APP_PASSWORD'" \
         -c "CREATE DATABASE $APP_DB OWNER $APP_USER"
     # Loaded as the app user over TCP with its password, exactly as an app
-    # would connect, so the tables belong to "app".
-    PGPASSWORD="$APP_PASSWORD" "$PG_BIN/pgbench" -i -s 5 -q \
+    # would connect, so the tables belong to "app". client_min_messages hides
+    # the harmless "table ... does not exist, skipping" notices of a first load.
+    PGPASSWORD="$APP_PASSWORD" PGOPTIONS="-c client_min_messages=warning" "$PG_BIN/pgbench" -i -s 5 -q \
         -h 127.0.0.1 -p "$PG_PORT" -U "$APP_USER" "$APP_DB"
 }
 
@@ -291,8 +300,8 @@ EOF
 }
 
 start_sluice() {
-    step "Starting sluice on 127.0.0.1:$SLUICE_PORT (pool: $POOL_SIZE server connections)"
     write_config
+    step "Starting sluice on 127.0.0.1:$SLUICE_PORT (pool: $POOL_SIZE server connections)"
     # Fail fast with sluice's own error message on a bad config.
     "$SLUICE_BIN" --config "$SLUICE_CONFIG" check >/dev/null
     # setsid: its own session, so a Ctrl-C in this terminal doesn't hit sluice
@@ -301,8 +310,15 @@ start_sluice() {
     # leader, so setsid execs sluice in place and $! is sluice's own pid.
     setsid "$SLUICE_BIN" --config "$SLUICE_CONFIG" </dev/null >"$SLUICE_LOG" 2>&1 &
     SLUICE_PID=$!
-    wait_for_postgres_protocol "$SLUICE_PORT" "$SLUICE_PID" 30 \
-        || die "sluice did not come up on 127.0.0.1:$SLUICE_PORT (log: $SLUICE_LOG)"
+    if ! wait_for_postgres_protocol "$SLUICE_PORT" "$SLUICE_PID" 30; then
+        if kill -0 "$SLUICE_PID" 2>/dev/null; then
+            die "sluice is running but 127.0.0.1:$SLUICE_PORT did not answer within 30s"
+        fi
+        local rc=0
+        wait "$SLUICE_PID" || rc=$?
+        SLUICE_PID=""
+        die "sluice exited during startup (status $rc)"
+    fi
     info "sluice is up (pid $SLUICE_PID, log: $SLUICE_LOG)"
 }
 
@@ -371,6 +387,7 @@ main() {
     trap 'exit 130' INT
     trap 'exit 143' TERM
 
+    preflight
     install_deps
     build_sluice
     make_workdir

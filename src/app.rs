@@ -38,6 +38,7 @@ impl Proxy {
         let shared = Arc::new(Shared {
             config: ArcSwap::from_pointee(config),
             pools,
+            hot: metrics.hot(),
             metrics,
             statements: StatementRegistry::new(),
             params,

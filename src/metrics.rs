@@ -45,6 +45,21 @@ pub struct Metrics {
     pub build_info: IntGaugeVec,
 }
 
+/// Handles used on every request, resolved once.
+#[derive(Clone)]
+pub struct HotMetrics {
+    /// Bytes client to server.
+    pub bytes_in: IntCounter,
+    /// Bytes server to client.
+    pub bytes_out: IntCounter,
+    /// Clients attached to a server connection.
+    pub clients_active: IntGauge,
+    /// Clients waiting for one.
+    pub clients_waiting: IntGauge,
+    /// Clients connected.
+    pub clients_idle: IntGauge,
+}
+
 /// Handles for one pool, resolved once.
 #[derive(Clone)]
 pub struct PoolMetrics {
@@ -209,6 +224,17 @@ impl Metrics {
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
         m
+    }
+
+    /// Handles for the per-request hot path.
+    pub fn hot(&self) -> HotMetrics {
+        HotMetrics {
+            bytes_in: self.bytes.with_label_values(&["client_to_server"]),
+            bytes_out: self.bytes.with_label_values(&["server_to_client"]),
+            clients_active: self.clients.with_label_values(&["active"]),
+            clients_waiting: self.clients.with_label_values(&["waiting"]),
+            clients_idle: self.clients.with_label_values(&["idle"]),
+        }
     }
 
     /// Handles for a pool.

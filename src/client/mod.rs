@@ -31,6 +31,8 @@ pub struct Shared {
     pub pools: Arc<Pools>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// Pre-resolved per-request metric handles.
+    pub hot: crate::metrics::HotMetrics,
     /// Shared server statements.
     pub statements: StatementRegistry,
     /// Interned settings sets.

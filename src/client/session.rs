@@ -93,13 +93,13 @@ pub async fn run(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
         cancel: slot,
     };
     tracing::debug!(%peer, user = %proven_user, database = %database.name, "client connected");
-    shared.metrics.clients.with_label_values(&["idle"]).inc();
+    shared.hot.clients_idle.inc();
     let result = session.start(pid, secret).await;
     let result = match result {
         Ok(()) => session.serve().await,
         Err(e) => Err(e),
     };
-    shared.metrics.clients.with_label_values(&["idle"]).dec();
+    shared.hot.clients_idle.dec();
     if let Err(e) = &result {
         session
             .shared
@@ -308,6 +308,9 @@ impl Session {
 
     /// The request loop.
     async fn serve(&mut self) -> Result<(), Error> {
+        // Registered once, not per loop iteration.
+        let shutdown = self.shared.shutdown.clone();
+        let mut shutdown = std::pin::pin!(shutdown.triggered());
         loop {
             if self.process_client().await? {
                 return Ok(());
@@ -315,6 +318,7 @@ impl Session {
             let wake = match self.server.as_mut() {
                 Some(server) => {
                     tokio::select! {
+                        biased;
                         r = read_some(&server.stream, &mut server.rbuf) => Wake::Server(r),
                         r = read_some(&self.client, &mut self.cbuf) => Wake::Client(r),
                     }
@@ -324,8 +328,9 @@ impl Session {
                         return Err(Error::Shutdown);
                     }
                     tokio::select! {
+                        biased;
                         r = read_some(&self.client, &mut self.cbuf) => Wake::Client(r),
-                        _ = self.shared.shutdown.triggered() => Wake::Shutdown,
+                        _ = &mut shutdown => Wake::Shutdown,
                     }
                 }
             };

@@ -112,8 +112,13 @@ fn needs_analysis(sql: &[u8]) -> bool {
     if !plain_first {
         return true;
     }
-    // A statement boundary, a comment before a keyword, or function names of interest.
-    sql.iter().any(|&c| c == b';' || c == b'/' || c == b'-')
+    // A statement boundary (a trailing `;` is not one), a comment, or function names
+    // of interest.
+    let body = match sql.iter().rposition(|c| !c.is_ascii_whitespace() && *c != b';' && *c != 0) {
+        Some(end) => &sql[..=end],
+        None => sql,
+    };
+    body.iter().any(|&c| c == b';' || c == b'/' || c == b'-')
         || contains_ci(sql, b"advisory")
         || contains_ci(sql, b"set_config")
         || contains_ci(sql, b"temp")
@@ -445,5 +450,8 @@ mod tests {
         );
         assert!(analyze(b"SELECT abalance FROM pgbench_accounts WHERE aid = 5").is_plain());
         assert!(analyze(b"/* set x = 1 */ SELECT 1").is_plain());
+        assert!(!needs_analysis(b"SELECT abalance FROM pgbench_accounts WHERE aid = 5;\n"));
+        assert!(needs_analysis(b"SELECT 1; SET x = 1"));
+        assert!(needs_analysis(b"SET x = 1"));
     }
 }

@@ -16,7 +16,10 @@
 //! - [`shutdown`]: cancellation and task tracking for graceful shutdown.
 #![deny(clippy::unwrap_used, clippy::todo, clippy::dbg_macro)]
 #![warn(missing_docs)]
-#![cfg_attr(test, allow(clippy::unwrap_used, reason = "tests assert by unwrapping"))]
+#![cfg_attr(
+    test,
+    allow(clippy::unwrap_used, reason = "tests assert by unwrapping")
+)]
 
 pub mod auth;
 pub mod client;

@@ -337,11 +337,7 @@ impl Session {
             match wake {
                 Wake::Client(Ok(0)) => return Ok(()),
                 Wake::Client(Ok(n)) => {
-                    self.shared
-                        .metrics
-                        .bytes
-                        .with_label_values(&["client_to_server"])
-                        .inc_by(n as u64);
+                    self.shared.hot.bytes_in.inc_by(n as u64);
                 }
                 Wake::Client(Err(e)) => return Err(Error::ClientIo(e)),
                 Wake::Server(Ok(0)) => {
@@ -410,11 +406,7 @@ impl Session {
             mark: conn.cancel_sent.clone(),
         });
         self.attached_at = Instant::now();
-        self.shared
-            .metrics
-            .clients
-            .with_label_values(&["active"])
-            .inc();
+        self.shared.hot.clients_active.inc();
         self.server = Some(conn);
     }
 
@@ -424,11 +416,7 @@ impl Session {
             return;
         };
         self.cancel.detach();
-        self.shared
-            .metrics
-            .clients
-            .with_label_values(&["active"])
-            .dec();
+        self.shared.hot.clients_active.dec();
         self.expect.clear();
         self.passthrough = 0;
         self.pool.metrics.transactions.inc();
@@ -449,17 +437,9 @@ impl Session {
         if self.server.is_some() {
             return Ok(true);
         }
-        self.shared
-            .metrics
-            .clients
-            .with_label_values(&["waiting"])
-            .inc();
+        self.shared.hot.clients_waiting.inc();
         let checked = self.pool.checkout().await;
-        self.shared
-            .metrics
-            .clients
-            .with_label_values(&["waiting"])
-            .dec();
+        self.shared.hot.clients_waiting.dec();
         match checked {
             Ok(conn) => self.attach(conn),
             Err(e) => {
@@ -531,11 +511,7 @@ impl Session {
 
     /// Writes bytes to the client.
     pub(super) async fn write_client(&self, data: &[u8]) -> Result<(), Error> {
-        self.shared
-            .metrics
-            .bytes
-            .with_label_values(&["server_to_client"])
-            .inc_by(data.len() as u64);
+        self.shared.hot.bytes_out.inc_by(data.len() as u64);
         write_all(&self.client, data).await.map_err(Error::ClientIo)
     }
 
@@ -636,11 +612,7 @@ impl Session {
             return;
         };
         self.cancel.detach();
-        self.shared
-            .metrics
-            .clients
-            .with_label_values(&["active"])
-            .dec();
+        self.shared.hot.clients_active.dec();
         let pool = self.pool.clone();
         let needs_reset = self.mode == PoolMode::Session || self.pinned.is_some();
         let reset = pool.settings().server_reset_query.clone();

@@ -28,7 +28,10 @@ use crate::server::{connect, Login, ServerConn};
 /// ParameterStatus values a server reports under one settings set.
 pub type Reported = Arc<Vec<(String, String)>>;
 
-#[allow(clippy::large_enum_variant, reason = "moved once per hand-off; boxing would allocate per checkout")]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "moved once per hand-off; boxing would allocate per checkout"
+)]
 enum Grant {
     Conn(ServerConn),
     Slot,
@@ -149,7 +152,7 @@ impl Pool {
 
     /// Takes a server connection, waiting up to `checkout_timeout`.
     pub async fn checkout(&self) -> Result<ServerConn, Error> {
-        let settings = self.settings.load_full();
+        let settings = self.settings.load();
         let mut started: Option<Instant> = None;
         loop {
             let next = {
@@ -285,12 +288,17 @@ impl Pool {
     }
 
     /// Returns a connection after a transaction (status must be idle).
-    pub fn checkin(&self, mut conn: ServerConn) {
+    pub fn checkin(&self, conn: ServerConn) {
+        self.checkin_at(conn, Instant::now());
+    }
+
+    /// [`Pool::checkin`] with the caller's clock reading.
+    pub fn checkin_at(&self, mut conn: ServerConn, now: Instant) {
         self.metrics.active.dec();
         let settings = self.settings.load();
         if conn.status != TxStatus::Idle
             || conn.cancel_was_sent()
-            || conn.created.elapsed() >= settings.max_lifetime
+            || now.duration_since(conn.created) >= settings.max_lifetime
             || !conn.rbuf.is_empty()
         {
             let reason = if conn.cancel_was_sent() {
@@ -301,7 +309,7 @@ impl Pool {
             self.close_counted(conn, reason);
             return;
         }
-        conn.last_used = Instant::now();
+        conn.last_used = now;
         let mut inner = self.lock();
         if inner.retired || inner.total > settings.size {
             drop(inner);
@@ -430,13 +438,15 @@ impl Pool {
     }
 }
 
-/// An idle connection is usable when young enough and its socket shows no EOF or
-/// unexpected bytes (checked through the reactor's readiness, no syscall when quiet).
-fn usable(conn: &ServerConn, settings: &PoolSettings) -> bool {
-    if conn.created.elapsed() >= settings.max_lifetime || !conn.rbuf.is_empty() {
+/// An idle connection is usable when its socket shows no EOF or unexpected bytes
+/// (checked through the reactor's readiness: no syscall while quiet). Age limits are
+/// enforced at checkin and by the reaper.
+fn usable(conn: &ServerConn, _settings: &PoolSettings) -> bool {
+    if !conn.rbuf.is_empty() {
         return false;
     }
-    match conn.stream.readable().now_or_never() {
+    let ready = std::future::poll_fn(|cx| conn.stream.poll_read_ready(cx)).now_or_never();
+    match ready {
         None => true,
         Some(Err(_)) => false,
         Some(Ok(())) => {

@@ -204,7 +204,7 @@ mod tests {
     fn writers_set_lengths() {
         let mut out = BytesMut::new();
         parameter_status(&mut out, "TimeZone", "UTC");
-        assert_eq!(&out[..], b"S\0\0\0\x12TimeZone\0UTC\0");
+        assert_eq!(&out[..], b"S\0\0\0\x11TimeZone\0UTC\0");
         let (n, v) = parse_parameter_status(&out[5..]).unwrap();
         assert_eq!((n.as_str(), v.as_str()), ("TimeZone", "UTC"));
         out.clear();

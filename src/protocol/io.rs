@@ -25,7 +25,9 @@ pub async fn read_some(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<usi
         buf.reserve(MIN_READ);
     }
     loop {
-        stream.readable().await?;
+        // The single-slot readiness API: no waiter list to join and leave on every
+        // wait. Each socket is only ever read by the one task that owns it.
+        std::future::poll_fn(|cx| stream.poll_read_ready(cx)).await?;
         if let Some(n) = try_read_some(stream, buf)? {
             return Ok(n);
         }

@@ -79,7 +79,8 @@ pub fn decode(packet: &[u8]) -> Result<Startup, FrameError> {
                 let value = std::str::from_utf8(value).map_err(|_| bad.clone())?;
                 params.push((key.to_owned(), value.to_owned()));
             }
-            if !body.ends_with(&[0]) {
+            // The list ends with an extra NUL after the last value.
+            if !(body == [0] || body.ends_with(&[0, 0])) {
                 return Err(bad);
             }
             Ok(Startup::Startup { version: v, params })

@@ -112,21 +112,42 @@ fn needs_analysis(sql: &[u8]) -> bool {
     if !plain_first {
         return true;
     }
-    // A statement boundary (a trailing `;` is not one), a comment, or function names
-    // of interest.
-    let body = match sql.iter().rposition(|c| !c.is_ascii_whitespace() && *c != b';' && *c != 0) {
-        Some(end) => &sql[..=end],
-        None => sql,
-    };
-    body.iter().any(|&c| c == b';' || c == b'/' || c == b'-')
-        || contains_ci(sql, b"advisory")
-        || contains_ci(sql, b"set_config")
-        || contains_ci(sql, b"temp")
-}
-
-fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len())
-        .any(|w| w.eq_ignore_ascii_case(needle))
+    // One pass: a statement boundary (a trailing `;` is not one), a comment, a function
+    // of interest (`pg_advisory_*`, `set_config`: both have `_` at a known place), or
+    // `INTO` (SELECT … INTO TEMP).
+    let selects = first.eq_ignore_ascii_case(b"select") || first.eq_ignore_ascii_case(b"with");
+    let end = sql
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace() && *c != b';' && *c != 0)
+        .map_or(0, |e| e + 1);
+    let body = &sql[..end];
+    for (i, &c) in body.iter().enumerate() {
+        match c {
+            b';' | b'/' | b'-' => return true,
+            b'_' => {
+                let before = |n: usize, w: &[u8]| i >= n && body[i - n..i].eq_ignore_ascii_case(w);
+                let after = |w: &[u8]| {
+                    body.get(i + 1..i + 1 + w.len())
+                        .is_some_and(|x| x.eq_ignore_ascii_case(w))
+                };
+                if (before(2, b"pg") && (after(b"advisory") || after(b"try_advisory")))
+                    || (before(3, b"set") && after(b"config"))
+                {
+                    return true;
+                }
+            }
+            b'i' | b'I'
+                if selects
+                    && body
+                        .get(i..i + 4)
+                        .is_some_and(|x| x.eq_ignore_ascii_case(b"into")) =>
+            {
+                return true
+            }
+            _ => {}
+        }
+    }
+    false
 }
 
 /// Analyzes a query string.
@@ -450,7 +471,9 @@ mod tests {
         );
         assert!(analyze(b"SELECT abalance FROM pgbench_accounts WHERE aid = 5").is_plain());
         assert!(analyze(b"/* set x = 1 */ SELECT 1").is_plain());
-        assert!(!needs_analysis(b"SELECT abalance FROM pgbench_accounts WHERE aid = 5;\n"));
+        assert!(!needs_analysis(
+            b"SELECT abalance FROM pgbench_accounts WHERE aid = 5;\n"
+        ));
         assert!(needs_analysis(b"SELECT 1; SET x = 1"));
         assert!(needs_analysis(b"SET x = 1"));
     }

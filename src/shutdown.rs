@@ -1,6 +1,9 @@
 //! Graceful shutdown: one cancellation token observed by every task, and a tracker that
 //! lets the listener wait for client tasks to finish within `shutdown_timeout`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -9,6 +12,8 @@ use tokio_util::task::TaskTracker;
 pub struct Shutdown {
     token: CancellationToken,
     tracker: TaskTracker,
+    /// Mirrors the token for a lock-free check on hot paths.
+    flag: Arc<AtomicBool>,
 }
 
 impl Shutdown {
@@ -19,12 +24,13 @@ impl Shutdown {
 
     /// Starts shutting down.
     pub fn trigger(&self) {
+        self.flag.store(true, Ordering::Release);
         self.token.cancel();
     }
 
     /// True once shutdown started.
     pub fn is_triggered(&self) -> bool {
-        self.token.is_cancelled()
+        self.flag.load(Ordering::Acquire)
     }
 
     /// Resolves when shutdown starts.

@@ -133,7 +133,7 @@ async fn malformed_bytes_end_only_that_connection() {
         &b"Q\x7f\xff\xff\xff"[..],
         &b"Q\0\0\0\x02"[..],
     ] {
-        let mut c = authenticated_raw(&s);
+        let mut c = support::raw_login(s.addr);
         c.write_all(bad).expect("write");
         let mut buf = Vec::new();
         let _ = c.read_to_end(&mut buf);
@@ -146,38 +146,6 @@ async fn malformed_bytes_end_only_that_connection() {
         .expect("others unaffected")
         .get(0);
     assert_eq!(v, 5);
-}
-
-/// A raw socket logged in as bob (md5), positioned after the first ReadyForQuery.
-fn authenticated_raw(s: &Sluice) -> std::net::TcpStream {
-    let mut c = std::net::TcpStream::connect(s.addr).expect("connect");
-    c.set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    let mut pkt = Vec::new();
-    pkt.extend(196_608i32.to_be_bytes());
-    pkt.extend(b"user\0bob\0database\0appdb\0\0");
-    let mut msg = ((pkt.len() + 4) as i32).to_be_bytes().to_vec();
-    msg.extend(pkt);
-    c.write_all(&msg).expect("startup");
-    let mut head = [0u8; 13];
-    c.read_exact(&mut head).expect("md5 request");
-    assert_eq!(head[0], b'R');
-    let salt = [head[9], head[10], head[11], head[12]];
-    let inner = postgres_protocol::password::md5(b"bob_pw", "bob");
-    let resp = sluice::auth::md5::response_from_secret(&inner, salt);
-    let mut p = vec![b'p'];
-    p.extend(((resp.len() + 5) as i32).to_be_bytes());
-    p.extend(resp.as_bytes());
-    p.push(0);
-    c.write_all(&p).expect("password");
-    // Read until ReadyForQuery.
-    let mut seen = Vec::new();
-    let mut byte = [0u8; 1];
-    while !seen.ends_with(b"Z\0\0\0\x05I") {
-        c.read_exact(&mut byte).expect("greeting");
-        seen.push(byte[0]);
-    }
-    c
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,9 @@ mod support;
 
 use std::time::Duration;
 
-use support::{cluster, config, connect, Sluice};
+use std::io::Write;
+
+use support::{cluster, config, connect, msg, raw_login, read_until_ready, Sluice};
 
 fn app_url(s: &Sluice) -> String {
     s.url("alice", "alice_pw", "appdb")
@@ -355,4 +357,62 @@ async fn session_mode_keeps_one_connection() {
         .expect("q")
         .get(0);
     assert!(!exists);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_on_one_connection() {
+    let s = Sluice::start(&config(cluster(), 1, ""));
+    let c = connect(&app_url(&s)).await;
+    for round in 0..20i32 {
+        // tokio-postgres pipelines concurrent queries on one connection.
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&round];
+        let (a, b, d) = tokio::join!(
+            c.query_one("SELECT $1::int + 1", &params),
+            c.query_one("SELECT $1::int + 2", &params),
+            c.query_one("SELECT $1::int + 3", &params),
+        );
+        let got: Vec<i32> = [a, b, d]
+            .into_iter()
+            .map(|r| r.expect("pipelined").get(0))
+            .collect();
+        assert_eq!(got, vec![round + 1, round + 2, round + 3]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unnamed_statement_survives_a_change_of_server_connection() {
+    let s = Sluice::start(&config(cluster(), 1, ""));
+    let addr = s.addr;
+    tokio::task::spawn_blocking(move || {
+        let mut a = raw_login(addr);
+        let mut b = raw_login(addr);
+        // A parses the unnamed statement in one transaction...
+        let mut req = msg(b'P', b"\0SELECT $1::int * 10\0\0\0");
+        req.extend(msg(b'S', b""));
+        a.write_all(&req).expect("parse");
+        let r = read_until_ready(&mut a);
+        assert_eq!(
+            r.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
+            vec![b'1', b'Z']
+        );
+        // ...B replaces the unnamed statement on the only server connection...
+        let mut req = msg(b'P', b"\0SELECT 'other'\0\0\0");
+        req.extend(msg(b'B', b"\0\0\0\0\0\0\0\0"));
+        req.extend(msg(b'E', b"\0\0\0\0\0"));
+        req.extend(msg(b'S', b""));
+        b.write_all(&req).expect("b");
+        read_until_ready(&mut b);
+        // ...and A's Bind still finds its own statement.
+        let mut req = msg(b'B', b"\0\0\0\0\0\x01\0\0\0\x017\0\0");
+        req.extend(msg(b'E', b"\0\0\0\0\0"));
+        req.extend(msg(b'S', b""));
+        a.write_all(&req).expect("bind");
+        let r = read_until_ready(&mut a);
+        let tags: Vec<u8> = r.iter().map(|(t, _)| *t).collect();
+        assert_eq!(tags, vec![b'2', b'D', b'C', b'Z'], "{r:?}");
+        let row = &r[1].1;
+        assert_eq!(&row[6..], b"70");
+    })
+    .await
+    .expect("raw protocol task");
 }

@@ -53,7 +53,7 @@ pub async fn run(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
         login(&shared, &stream, &mut buf, &params),
     )
     .await;
-    let (database, pool, proven_user) = match login {
+    let (database, pool, identity) = match login {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => return fail(&shared, &stream, e, peer).await,
         Err(_) => return fail(&shared, &stream, Error::AuthTimeout, peer).await,
@@ -78,7 +78,8 @@ pub async fn run(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
         client: stream,
         cbuf: buf,
         out: BytesMut::with_capacity(1024),
-        sout: BytesMut::with_capacity(1024),
+        sout: BytesMut::new(),
+        sbody: BytesMut::with_capacity(1024),
         id: pid as u64,
         pool,
         state: ClientState::new(startup),
@@ -91,8 +92,9 @@ pub async fn run(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
         passthrough: 0,
         server_fatal: false,
         cancel: slot,
+        identity,
     };
-    tracing::debug!(%peer, user = %proven_user, database = %database.name, "client connected");
+    tracing::debug!(%peer, user = %session.identity.user, database = %database.name, "client connected");
     shared.hot.clients_idle.inc();
     let result = session.start(pid, secret).await;
     let result = match result {
@@ -176,7 +178,7 @@ async fn login(
     stream: &TcpStream,
     buf: &mut BytesMut,
     params: &[(String, String)],
-) -> Result<(Database, Arc<Pool>, String), Error> {
+) -> Result<(Database, Arc<Pool>, Identity), Error> {
     let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     let user = get("user")
         .filter(|u| !u.is_empty())
@@ -195,21 +197,40 @@ async fn login(
         .database(&dbname)
         .cloned()
         .ok_or_else(|| Error::UnknownDatabase(dbname.clone()))?;
-    let (server_user, auth) = match &db.credentials {
+    let identity = Identity {
+        user,
+        database: dbname,
+        proven: match proven {
+            Proven::Password(p) => ServerAuth::Password(p),
+            Proven::Md5(s) => ServerAuth::Md5Secret(s),
+            Proven::ScramKey(client_key, secret) => {
+                ServerAuth::Scram(ScramCredential::ClientKey { client_key, secret })
+            }
+        },
+    };
+    let pool = pool_for(shared, &db, &identity);
+    Ok((db, pool, identity))
+}
+
+/// Who the client is, kept to find its pool again after a reload.
+pub(super) struct Identity {
+    /// Client user name.
+    pub(super) user: String,
+    /// Database name it asked for.
+    pub(super) database: String,
+    /// What it proved, for passthrough server logins.
+    pub(super) proven: ServerAuth,
+}
+
+/// The pool serving `identity` on `db` under the current config.
+fn pool_for(shared: &Shared, db: &Database, identity: &Identity) -> Arc<Pool> {
+    let (server_user, auth, passthrough) = match &db.credentials {
         ServerCredentials::Fixed { user, password } => (
             user.clone(),
             ServerAuth::Password(password.expose().to_owned()),
+            false,
         ),
-        ServerCredentials::Passthrough => (
-            user.clone(),
-            match proven {
-                Proven::Password(p) => ServerAuth::Password(p),
-                Proven::Md5(s) => ServerAuth::Md5Secret(s),
-                Proven::ScramKey(client_key, secret) => {
-                    ServerAuth::Scram(ScramCredential::ClientKey { client_key, secret })
-                }
-            },
-        ),
+        ServerCredentials::Passthrough => (identity.user.clone(), identity.proven.clone(), true),
     };
     let login = Login {
         user: server_user.clone(),
@@ -222,10 +243,10 @@ async fn login(
         addr: db.primary.clone(),
     };
     let pool = shared.pools.get(id, &db.pool, login.clone());
-    if matches!(db.credentials, ServerCredentials::Passthrough) {
+    if passthrough {
         pool.set_login(login);
     }
-    Ok((db, pool, user))
+    pool
 }
 
 /// One client session after authentication.
@@ -236,15 +257,17 @@ pub(super) struct Session {
     pub(super) cbuf: BytesMut,
     /// Bytes for the client assembled when frames are dropped or synthesized.
     pub(super) out: BytesMut,
-    /// Bytes for the server assembled when frames are rewritten or injected.
+    /// Bytes for the server injected ahead of a batch (LRU closes).
     pub(super) sout: BytesMut,
+    /// Bytes for the server: a rewritten batch.
+    pub(super) sbody: BytesMut,
     pub(super) id: u64,
     pub(super) max_msg: usize,
     pub(super) mode: PoolMode,
     pub(super) policy: SessionStatePolicy,
     pub(super) pool: Arc<Pool>,
     pub(super) state: ClientState,
-    pub(super) server: Option<ServerConn>,
+    pub(super) server: Option<Box<ServerConn>>,
     pub(super) attached_at: Instant,
     pub(super) expect: ExpectQueue,
     /// Extended-protocol frames waiting for Sync/Flush.
@@ -258,6 +281,7 @@ pub(super) struct Session {
     /// The server sent FATAL for an autocommit request; it was relayed as ERROR.
     pub(super) server_fatal: bool,
     pub(super) cancel: Arc<Slot>,
+    pub(super) identity: Identity,
 }
 
 enum Wake {
@@ -400,7 +424,7 @@ impl Session {
     }
 
     /// Attaches a checked-out server connection.
-    pub(super) fn attach(&mut self, conn: ServerConn) {
+    pub(super) fn attach(&mut self, conn: Box<ServerConn>) {
         self.cancel.attach(Target {
             key: conn.cancel.clone(),
             mark: conn.cancel_sent.clone(),
@@ -436,6 +460,18 @@ impl Session {
     pub(super) async fn ensure_server(&mut self, answers_rfq: bool) -> Result<bool, Error> {
         if self.server.is_some() {
             return Ok(true);
+        }
+        if self.pool.is_retired() {
+            // A reload moved this database (new upstream or credentials): follow it.
+            let cfg = self.shared.config.load_full();
+            match cfg.database(&self.identity.database) {
+                Some(db) => self.pool = pool_for(&self.shared, db, &self.identity),
+                None => {
+                    let e = Error::UnknownDatabase(self.identity.database.clone());
+                    self.report(&e, answers_rfq).await?;
+                    return Ok(false);
+                }
+            }
         }
         self.shared.hot.clients_waiting.inc();
         let checked = self.pool.checkout().await;

@@ -120,7 +120,17 @@ impl Session {
     /// Sends the buffered extended-protocol batch (ending with Sync, or with Flush /
     /// before a Query or copy data when `sync` is false).
     pub(super) async fn flush_batch(&mut self, sync: bool) -> Result<(), Error> {
-        let frames = std::mem::take(&mut self.pending);
+        // Keep the vector's capacity across batches.
+        let mut frames = std::mem::take(&mut self.pending);
+        let result = self.send_frames(&frames, sync).await;
+        frames.clear();
+        if self.pending.is_empty() {
+            self.pending = frames;
+        }
+        result
+    }
+
+    async fn send_frames(&mut self, frames: &[Bytes], sync: bool) -> Result<(), Error> {
         if self.discard_until_sync {
             if sync {
                 self.discard_until_sync = false;
@@ -130,7 +140,7 @@ impl Session {
             }
             return Ok(());
         }
-        if self.server.is_none() && self.answer_batch_locally(&frames).await? {
+        if self.server.is_none() && self.answer_batch_locally(frames).await? {
             return Ok(());
         }
         // Facts of Parse texts decide pinning before anything is sent; a name defined
@@ -139,7 +149,7 @@ impl Session {
         let mut added: Vec<&[u8]> = Vec::new();
         let mut closed: Vec<&[u8]> = Vec::new();
         let mut duplicate = None;
-        for f in &frames {
+        for f in frames {
             match f[0] {
                 b'P' => {
                     let p = Parse::read(f)?;
@@ -186,15 +196,18 @@ impl Session {
             return Ok(());
         }
         let mut front = std::mem::take(&mut self.sout);
-        let mut body = BytesMut::new();
+        let mut body = std::mem::take(&mut self.sbody);
         front.clear();
-        let result = self.translate(&frames, &mut front, &mut body);
+        body.clear();
+        let result = self.translate(frames, &mut front, &mut body);
         let sent = match result {
             Ok(()) => self.write_server(&front, &body).await,
             Err(e) => Err(e),
         };
         front.clear();
+        body.clear();
         self.sout = front;
+        self.sbody = body;
         sent
     }
 
@@ -249,12 +262,13 @@ impl Session {
                     if p.name.is_empty() {
                         self.state.unnamed_seq += 1;
                         let seq = self.state.unnamed_seq;
-                        let info = Arc::new(analyze(p.query));
-                        self.state.unnamed = Some(Unnamed {
-                            seq,
-                            parse: f.clone(),
-                            info,
-                        });
+                        // Own copies, never slices of the read buffer (which they would pin);
+                        // the common case re-parses the same text and reuses both.
+                        let (parse, info) = match self.state.unnamed.take() {
+                            Some(u) if u.parse == *f => (u.parse, u.info),
+                            _ => (Bytes::copy_from_slice(f), Arc::new(analyze(p.query))),
+                        };
+                        self.state.unnamed = Some(Unnamed { seq, parse, info });
                         server.unnamed = Some((client_id, seq));
                         parsed_unnamed = true;
                         body.extend_from_slice(f);
@@ -268,8 +282,8 @@ impl Session {
                         continue;
                     }
                     let key = StatementKey {
-                        query: f.slice_ref(p.query),
-                        param_types: f.slice_ref(p.param_types),
+                        query: Bytes::copy_from_slice(p.query),
+                        param_types: Bytes::copy_from_slice(p.param_types),
                         search_path: search_path.clone(),
                     };
                     let stmt = self

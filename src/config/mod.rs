@@ -248,7 +248,8 @@ impl Config {
         let mut root = Table::new(&ctx, doc.get_ref(), String::new(), 0);
         let cfg = read_root(&mut root);
         root.finish();
-        let errors = ctx.into_errors();
+        let mut errors = ctx.into_errors();
+        errors.sort_by_key(|e| e.line.unwrap_or(0));
         match cfg {
             Some(c) if errors.is_empty() => Ok(c),
             _ => Err(errors),
@@ -341,7 +342,9 @@ fn read_root(root: &mut Table<'_, '_>) -> Option<Config> {
     };
     let mut databases = Vec::new();
     let mut names = HashSet::new();
-    for mut t in root.tables("databases") {
+    let db_tables = root.tables("databases");
+    let any_db = !db_tables.is_empty();
+    for mut t in db_tables {
         if let Some(db) = read_database(&mut t, &pool) {
             if !names.insert(db.name.clone()) {
                 t.error("name", format!("database {:?} is defined twice", db.name));
@@ -350,7 +353,7 @@ fn read_root(root: &mut Table<'_, '_>) -> Option<Config> {
         }
         t.finish();
     }
-    if databases.is_empty() {
+    if !any_db {
         root.error("databases", "at least one [[databases]] entry is required");
     }
     let mut users = Vec::new();

@@ -33,7 +33,7 @@ pub type Reported = Arc<Vec<(String, String)>>;
     reason = "moved once per hand-off; boxing would allocate per checkout"
 )]
 enum Grant {
-    Conn(ServerConn),
+    Conn(Box<ServerConn>),
     Slot,
 }
 
@@ -44,7 +44,7 @@ struct Waiter {
 
 #[derive(Default)]
 struct Inner {
-    idle: Vec<ServerConn>,
+    idle: Vec<Box<ServerConn>>,
     total: usize,
     waiters: VecDeque<Waiter>,
     next_waiter: u64,
@@ -64,11 +64,12 @@ pub struct Pool {
     pub metrics: PoolMetrics,
     empty: Arc<ParamSet>,
     reported: Mutex<HashMap<u64, Reported>>,
+    retired: std::sync::atomic::AtomicBool,
 }
 
 #[allow(clippy::large_enum_variant, reason = "short-lived local value")]
 enum Next {
-    Ready(ServerConn),
+    Ready(Box<ServerConn>),
     Open,
     Wait(u64, oneshot::Receiver<Grant>),
 }
@@ -92,6 +93,7 @@ impl Pool {
             metrics,
             empty,
             reported: Mutex::new(HashMap::new()),
+            retired: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -128,8 +130,15 @@ impl Pool {
         *self.login.lock().unwrap_or_else(|p| p.into_inner()) = login;
     }
 
+    /// The current login.
+    pub fn login(&self) -> Login {
+        self.login.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// Stops handing out new connections; idle ones close.
     pub fn retire(&self) {
+        self.retired
+            .store(true, std::sync::atomic::Ordering::Release);
         let idle = {
             let mut inner = self.lock();
             inner.retired = true;
@@ -144,6 +153,11 @@ impl Pool {
         }
     }
 
+    /// True once a reload replaced this pool; clients move to the new one.
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// (total, idle, waiting) right now.
     pub fn stats(&self) -> (usize, usize, usize) {
         let inner = self.lock();
@@ -151,7 +165,7 @@ impl Pool {
     }
 
     /// Takes a server connection, waiting up to `checkout_timeout`.
-    pub async fn checkout(&self) -> Result<ServerConn, Error> {
+    pub async fn checkout(&self) -> Result<Box<ServerConn>, Error> {
         let settings = self.settings.load();
         let mut started: Option<Instant> = None;
         loop {
@@ -232,7 +246,7 @@ impl Pool {
         rx.try_recv().ok()
     }
 
-    fn hand_out(&self, conn: ServerConn, started: Option<Instant>) -> ServerConn {
+    fn hand_out(&self, conn: Box<ServerConn>, started: Option<Instant>) -> Box<ServerConn> {
         self.metrics.active.inc();
         if let Some(s) = started {
             self.metrics
@@ -242,7 +256,7 @@ impl Pool {
         conn
     }
 
-    async fn open_for_checkout(&self, started: Option<Instant>) -> Result<ServerConn, Error> {
+    async fn open_for_checkout(&self, started: Option<Instant>) -> Result<Box<ServerConn>, Error> {
         match self.open().await {
             Ok(c) => Ok(self.hand_out(c, started)),
             Err(e) => {
@@ -253,7 +267,7 @@ impl Pool {
     }
 
     /// Opens a connection for a slot already counted in `total`.
-    async fn open(&self) -> Result<ServerConn, Error> {
+    async fn open(&self) -> Result<Box<ServerConn>, Error> {
         let login = self.login.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let timeout = self.settings.load().connect_timeout;
         let fut = connect(&self.addr, &login, self.empty.clone());
@@ -261,7 +275,7 @@ impl Pool {
             Ok(Ok(c)) => {
                 self.metrics.opened.inc();
                 tracing::debug!(pool = %self.name, server = c.id, "server connection opened");
-                Ok(c)
+                Ok(Box::new(c))
             }
             Ok(Err(f)) => Err(Error::ServerConnect {
                 pool: self.name.clone(),
@@ -288,12 +302,12 @@ impl Pool {
     }
 
     /// Returns a connection after a transaction (status must be idle).
-    pub fn checkin(&self, conn: ServerConn) {
+    pub fn checkin(&self, conn: Box<ServerConn>) {
         self.checkin_at(conn, Instant::now());
     }
 
     /// [`Pool::checkin`] with the caller's clock reading.
-    pub fn checkin_at(&self, mut conn: ServerConn, now: Instant) {
+    pub fn checkin_at(&self, mut conn: Box<ServerConn>, now: Instant) {
         self.metrics.active.dec();
         let settings = self.settings.load();
         if conn.status != TxStatus::Idle
@@ -331,7 +345,7 @@ impl Pool {
     }
 
     /// Closes a checked-out connection (broken, or not safe to reuse).
-    pub fn discard(&self, conn: ServerConn, reason: &'static str) {
+    pub fn discard(&self, conn: Box<ServerConn>, reason: &'static str) {
         self.metrics.active.dec();
         self.close_counted(conn, reason);
     }
@@ -344,7 +358,7 @@ impl Pool {
         self.release_slot();
     }
 
-    fn close_counted(&self, conn: ServerConn, reason: &'static str) {
+    fn close_counted(&self, conn: Box<ServerConn>, reason: &'static str) {
         tracing::debug!(pool = %self.name, server = conn.id, reason, "server connection closed");
         self.metrics.closed(reason);
         drop(conn);
@@ -383,7 +397,7 @@ impl Pool {
             let mut inner = self.lock();
             let mut keep = Vec::with_capacity(inner.idle.len());
             let mut doomed = Vec::new();
-            let idle: Vec<ServerConn> = std::mem::take(&mut inner.idle);
+            let idle: Vec<Box<ServerConn>> = std::mem::take(&mut inner.idle);
             let mut spare = idle.len().saturating_sub(settings.min_idle);
             // Oldest-used first.
             for conn in idle {

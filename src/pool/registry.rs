@@ -71,14 +71,23 @@ impl Pools {
     /// clients get new pools).
     pub fn reconfigure(&self, cfg: &Config) {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        map.retain(|id, pool| match cfg.database(&id.database) {
-            Some(db) if db.primary == id.addr => {
-                pool.update_settings(db.pool.clone());
-                true
-            }
-            _ => {
-                pool.retire();
-                false
+        map.retain(|id, pool| {
+            let same_login = |db: &crate::config::Database| match &db.credentials {
+                crate::config::ServerCredentials::Fixed { user, password } => {
+                    let login = pool.login();
+                    *user == id.user && matches!(&login.auth, crate::server::ServerAuth::Password(p) if p == password.expose())
+                }
+                crate::config::ServerCredentials::Passthrough => true,
+            };
+            match cfg.database(&id.database) {
+                Some(db) if db.primary == id.addr && same_login(db) => {
+                    pool.update_settings(db.pool.clone());
+                    true
+                }
+                _ => {
+                    pool.retire();
+                    false
+                }
             }
         });
     }

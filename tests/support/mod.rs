@@ -390,3 +390,62 @@ pub async fn connect_err(url: &str, why: &str) -> tokio_postgres::Error {
         Err(e) => e,
     }
 }
+
+/// A raw socket logged in as bob (md5), positioned after the first ReadyForQuery.
+pub fn raw_login(addr: SocketAddr) -> std::net::TcpStream {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(addr).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut pkt = Vec::new();
+    pkt.extend(196_608i32.to_be_bytes());
+    pkt.extend(b"user\0bob\0database\0appdb\0\0");
+    let mut msg = ((pkt.len() + 4) as i32).to_be_bytes().to_vec();
+    msg.extend(pkt);
+    c.write_all(&msg).expect("startup");
+    let mut head = [0u8; 13];
+    c.read_exact(&mut head).expect("md5 request");
+    assert_eq!(head[0], b'R');
+    let salt = [head[9], head[10], head[11], head[12]];
+    let inner = postgres_protocol::password::md5(b"bob_pw", "bob");
+    let resp = sluice::auth::md5::response_from_secret(&inner, salt);
+    let mut p = vec![b'p'];
+    p.extend(((resp.len() + 5) as i32).to_be_bytes());
+    p.extend(resp.as_bytes());
+    p.push(0);
+    c.write_all(&p).expect("password");
+    // Read until ReadyForQuery.
+    let mut seen = Vec::new();
+    let mut byte = [0u8; 1];
+    while !seen.ends_with(b"Z\0\0\0\x05I") {
+        c.read_exact(&mut byte).expect("greeting");
+        seen.push(byte[0]);
+    }
+    c
+}
+
+/// Frames a frontend message.
+pub fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut v = vec![tag];
+    v.extend(((body.len() + 4) as i32).to_be_bytes());
+    v.extend(body);
+    v
+}
+
+/// Reads backend messages until ReadyForQuery; returns (tag, body) pairs.
+pub fn read_until_ready(c: &mut std::net::TcpStream) -> Vec<(u8, Vec<u8>)> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    loop {
+        let mut head = [0u8; 5];
+        c.read_exact(&mut head).expect("message header");
+        let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+        let mut body = vec![0u8; len - 4];
+        c.read_exact(&mut body).expect("message body");
+        let done = head[0] == b'Z';
+        out.push((head[0], body));
+        if done {
+            return out;
+        }
+    }
+}

@@ -283,3 +283,70 @@ async fn max_client_connections_is_enforced() {
     let err = connect_err(&app_url(&s), "third refused").await;
     assert_eq!(code(&err), Some("53300"), "{err}");
 }
+
+/// A tiny deterministic PRNG for the garbage test (no extra dependency).
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_garbage_never_takes_the_proxy_down() {
+    let s = Sluice::start(&config(cluster(), 2, "").replace(
+        "[pool]",
+        "[limits]\nauth_timeout = \"1s\"\nmax_message_size = \"1MiB\"\n\n[pool]",
+    ));
+    let addr = s.addr;
+    tokio::task::spawn_blocking(move || {
+        let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+        for round in 0..120 {
+            let len = (rng.next() % 300) as usize + 1;
+            let mut garbage = rng.bytes(len);
+            if round % 3 == 0 {
+                // A plausible length prefix so the parser goes further.
+                let l = (len as i32).to_be_bytes();
+                garbage[..4.min(len)].copy_from_slice(&l[..4.min(len)]);
+            }
+            let mut c = if round % 2 == 0 {
+                std::net::TcpStream::connect(addr).expect("connect")
+            } else {
+                // Logged in first, then garbage where messages belong; some rounds start
+                // with a real tag so the frame parser sees odd lengths and bodies.
+                let mut c = support::raw_login(addr);
+                let tags = b"QPBDECSHXdcfF";
+                garbage[0] = tags[(rng.next() % tags.len() as u64) as usize];
+                c.write_all(&garbage).ok();
+                c
+            };
+            if round % 2 == 0 {
+                c.write_all(&garbage).ok();
+            }
+            // Half the rounds hang up after the garbage; the rest leave it to the proxy.
+            if round % 4 < 2 {
+                c.shutdown(std::net::Shutdown::Write).ok();
+            }
+            c.set_read_timeout(Some(Duration::from_millis(1500))).ok();
+            let mut buf = Vec::new();
+            let _ = c.read_to_end(&mut buf);
+        }
+    })
+    .await
+    .expect("garbage rounds");
+    let c = connect(&app_url(&s)).await;
+    let v: i32 = c
+        .query_one("SELECT 11", &[])
+        .await
+        .expect("proxy still serves")
+        .get(0);
+    assert_eq!(v, 11);
+}

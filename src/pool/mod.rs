@@ -45,7 +45,10 @@ struct Waiter {
 #[derive(Default)]
 struct Inner {
     // Boxed so checkout and checkin move a pointer, not the whole connection.
-    #[allow(clippy::vec_box, reason = "connections move in and out of this vector on every transaction")]
+    #[allow(
+        clippy::vec_box,
+        reason = "connections move in and out of this vector on every transaction"
+    )]
     idle: Vec<Box<ServerConn>>,
     total: usize,
     waiters: VecDeque<Waiter>,

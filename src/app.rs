@@ -41,6 +41,7 @@ impl Proxy {
             hot: metrics.hot(),
             metrics,
             statements: StatementRegistry::new(),
+            auto: crate::prepare::AutoPrepare::new(),
             params,
             cancels: CancelRegistry::new(),
             shutdown: Shutdown::new(),
@@ -79,6 +80,7 @@ impl Proxy {
         };
         let sh = self.shared.clone();
         tokio::spawn(reaper(sh.pools.clone(), sh.shutdown.clone()));
+        tokio::spawn(decay_shapes(sh.clone()));
         tracing::info!(addr = %self.local_addr, "sluice listening");
         listen(sh.clone(), listener).await;
         let timeout = sh.config.load().limits.shutdown_timeout;
@@ -91,6 +93,17 @@ impl Proxy {
         }
         for pool in sh.pools.all() {
             pool.retire();
+        }
+    }
+}
+
+/// Halves auto-prepare counts every `prepare.window`.
+async fn decay_shapes(sh: Arc<Shared>) {
+    loop {
+        let window = sh.config.load().prepare.window;
+        tokio::select! {
+            _ = tokio::time::sleep(window) => sh.auto.decay(),
+            _ = sh.shutdown.triggered() => return,
         }
     }
 }

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # End-to-end pgbench comparison: direct Postgres vs PgBouncer vs sluice, in one run.
 #
-# Sets up a throw-away PostgreSQL 15 cluster, a PgBouncer and (if built) sluice in
-# a temp dir, runs `pgbench -S` against each target for every protocol mode and
-# client count, measures throughput, latency and the CPU consumed by the proxy and
-# by Postgres, writes a markdown report, and tears everything down on exit.
+# Sets up a throw-away PostgreSQL 15 cluster, a PgBouncer and (if built) one sluice
+# per config variant in a temp dir, runs each workload (`pgbench -S`, or a custom
+# permission-lookup join) against each target for every protocol mode and client
+# count, measures throughput, latency and the CPU consumed by the proxy and by
+# Postgres, writes a markdown report, and tears everything down on exit.
 #
 # See benches/e2e/README.md for usage. All knobs are environment variables:
 #   SLUICE_BIN  sluice binary            (default: <repo>/target/release/sluice; skipped if missing)
@@ -14,6 +15,8 @@
 #   POOL_SIZE   server pool size for both proxies (default: 16)
 #   SCALE       pgbench scale factor     (default: 10)
 #   MODES       pgbench -M protocol(s)   (default: "simple"; also "extended", "prepared")
+#   WORKLOADS   workloads to run         (default: "select-only"; also "permission-join")
+#   SLUICE_VARIANTS  sluice configs, one process each (default: "default"; also "noprepare")
 #   OUT         markdown report          (default: <repo>/benches/e2e/results.md)
 #   PGBENCH_THREADS  max pgbench -j      (default: 2; -j is min(clients, this))
 #   PG_BIN      Postgres binaries        (default: /usr/lib/postgresql/15/bin)
@@ -38,6 +41,8 @@ WARMUP=${WARMUP:-3}
 POOL_SIZE=${POOL_SIZE:-16}
 SCALE=${SCALE:-10}
 MODES=${MODES:-simple}
+WORKLOADS=${WORKLOADS:-select-only}
+SLUICE_VARIANTS=${SLUICE_VARIANTS:-default}
 PGBENCH_THREADS=${PGBENCH_THREADS:-2}
 PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
 PG_OS_USER=${PG_OS_USER:-postgres}
@@ -51,21 +56,29 @@ PG_SUPERUSER=postgres
 STARTUP_DEADLINE=60   # seconds to wait for any server to come up
 STOP_DEADLINE=20      # seconds to wait for any server to stop before SIGKILL
 
+# permission-join data set (see setup_permission_join)
+PERM_TENANTS=1000         # 50 users and 5 roles per tenant
+PERM_USERS=50000          # 1 to 3 roles each (2 on average)
+PERM_ROLES_PER_TENANT=5   # 10 to 30 permissions each (20 on average)
+PERM_PERMISSIONS=200      # 50 resources x 4 actions
+
 # ---------------------------------------------------------------------------
 # Global state (all initialised so the EXIT trap is safe at any point)
 # ---------------------------------------------------------------------------
 WORK=""                 # temp dir
 PG_PID=""               # postmaster pid (session leader)
 PGBOUNCER_PID=""        # pgbouncer pid (session leader)
-SLUICE_PID=""           # sluice pid (session leader)
+declare -A SLUICE_PIDS=()   # sluice variant -> pid (session leader)
+declare -A SLUICE_PORTS=()  # sluice variant -> listen port
+VARIANTS=()             # SLUICE_VARIANTS as an array; empty when sluice is skipped
 PGBENCH_PID=""          # currently running pgbench (via timeout), if any
 WRAPPER_PIDS=()         # background helpers (runuser/setsid wrappers) we spawned
-PG_PORT="" PGBOUNCER_PORT="" SLUICE_PORT=""
+PG_PORT="" PGBOUNCER_PORT=""
 PG_VERSION="" PGBOUNCER_VERSION="" SLUICE_VERSION=""   # as reported by the running servers
 RUN_SLUICE=1
 CLK_TCK=$(getconf CLK_TCK)
-declare -A RESULT       # "mode|clients|target" -> "OK tps lat proxy_us proxy_s10k pg_us txns" or "FAILED"
-declare -A FAILNOTE     # "mode|clients|target" -> why the run failed
+declare -A RESULT       # "workload|mode|clients|target" -> "OK tps lat proxy_us proxy_s10k pg_us txns" or "FAILED"
+declare -A FAILNOTE     # "workload|mode|clients|target" -> why the run failed
 
 # ---------------------------------------------------------------------------
 # Helpers
@@ -164,12 +177,46 @@ wait_until() {
     done
 }
 
+# has_word LIST WORD: true if WORD is one of the whitespace-separated LIST.
+has_word() { local w; for w in $1; do [[ $w == "$2" ]] && return 0; done; return 1; }
+
 tcp_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # psql_bench PORT SQL: run SQL as the bench user over TCP (password auth).
 psql_bench() {
     PGPASSWORD=$DB_PASSWORD PGCONNECT_TIMEOUT=5 timeout 15 \
         psql -X -h 127.0.0.1 -p "$1" -U "$DB_USER" -d "$DB" -Atq -v ON_ERROR_STOP=1 -c "$2"
+}
+
+# sluice_target VARIANT: the target name in logs and the report: "sluice" for the
+# default variant, "sluice-VARIANT" otherwise.
+sluice_target() { if [[ $1 == default ]]; then echo sluice; else echo "sluice-$1"; fi; }
+
+# sluice_conf VARIANT: path of the variant's generated config.
+sluice_conf() { if [[ $1 == default ]]; then echo "$WORK/proxy.toml"; else echo "$WORK/proxy-$1.toml"; fi; }
+
+# variant_toml VARIANT: what the variant appends to the generated proxy.toml.
+# Fails for an unknown variant. Add new variants here and in variant_desc.
+variant_toml() {
+    case $1 in
+        default) ;;
+        noprepare) printf '\n[prepare]\nauto = false\n' ;;
+        *) return 1 ;;
+    esac
+}
+
+variant_desc() {
+    case $1 in
+        default) echo 'generated proxy.toml as is (the binary'\''s defaults)' ;;
+        noprepare) echo "plus \`[prepare] auto = false\`" ;;
+    esac
+}
+
+workload_desc() {
+    case $1 in
+        select-only) echo "\`pgbench -S\` (built-in select-only), scale $SCALE" ;;
+        permission-join) echo "\`pgbench -f permission-join.sql\`: one 6-table permission lookup per transaction for a random user ($PERM_TENANTS tenants, $PERM_USERS users; query below)" ;;
+    esac
 }
 
 # tree_cpu_ticks PID: CPU clock ticks (utime+stime+cutime+cstime) of PID and all
@@ -263,10 +310,23 @@ check_prerequisites() {
         warn "sluice binary not found at $SLUICE_BIN: skipping sluice (build with 'cargo build --release' or set SLUICE_BIN)"
         RUN_SLUICE=0
     fi
-    local m c
+    local m c w v
     for m in $MODES; do
         [[ $m == simple || $m == extended || $m == prepared ]] || die "unknown pgbench mode '$m' in MODES"
     done
+    for w in $WORKLOADS; do
+        [[ $w == select-only || $w == permission-join ]] || die "unknown workload '$w' in WORKLOADS (select-only, permission-join)"
+    done
+    [[ -n ${MODES// /} && -n ${CLIENTS// /} && -n ${WORKLOADS// /} ]] || die "MODES, CLIENTS and WORKLOADS must not be empty"
+    read -ra VARIANTS <<<"$SLUICE_VARIANTS"
+    ((${#VARIANTS[@]} > 0)) || die "SLUICE_VARIANTS must not be empty"
+    local seen=" "
+    for v in "${VARIANTS[@]}"; do
+        variant_toml "$v" >/dev/null || die "unknown sluice variant '$v' in SLUICE_VARIANTS (default, noprepare)"
+        [[ $seen != *" $v "* ]] || die "sluice variant '$v' appears twice in SLUICE_VARIANTS"
+        seen+="$v "
+    done
+    if ((!RUN_SLUICE)); then VARIANTS=(); fi
     for c in $CLIENTS; do [[ $c =~ ^[1-9][0-9]*$ ]] || die "bad client count '$c' in CLIENTS"; done
     for c in "$DURATION" "$WARMUP" "$POOL_SIZE" "$SCALE" "$PGBENCH_THREADS"; do
         [[ $c =~ ^[0-9]+$ ]] || die "DURATION, WARMUP, POOL_SIZE, SCALE, PGBENCH_THREADS must be integers"
@@ -277,8 +337,14 @@ make_workdir() {
     WORK=$(mktemp -d "${TMPDIR:-/tmp}/sluice-e2e.XXXXXX")
     chmod 755 "$WORK"
     if [[ $EUID -eq 0 ]]; then chown "$PG_OS_USER" "$WORK"; fi
-    read -r PG_PORT PGBOUNCER_PORT SLUICE_PORT <<<"$(pick_free_ports 3)"
-    log "work dir $WORK; ports: postgres=$PG_PORT pgbouncer=$PGBOUNCER_PORT sluice=$SLUICE_PORT"
+    local -a ports; read -ra ports <<<"$(pick_free_ports $((2 + ${#VARIANTS[@]})))"
+    PG_PORT=${ports[0]} PGBOUNCER_PORT=${ports[1]}
+    local i=2 v desc="postgres=$PG_PORT pgbouncer=$PGBOUNCER_PORT"
+    for v in "${VARIANTS[@]}"; do
+        SLUICE_PORTS[$v]=${ports[i]}; i=$((i + 1))
+        desc+=" $(sluice_target "$v")=${SLUICE_PORTS[$v]}"
+    done
+    log "work dir $WORK; ports: $desc"
 }
 
 start_postgres() {
@@ -313,10 +379,90 @@ EOF
         -c "CREATE ROLE $DB_USER LOGIN PASSWORD '$DB_PASSWORD'" \
         -c "CREATE DATABASE $DB OWNER $DB_USER" >>"$WORK/setup.log" 2>&1 \
         || die "creating role/database failed" "$WORK/setup.log"
-    log "pgbench -i -s $SCALE"
-    PGPASSWORD=$DB_PASSWORD pgbench -i -s "$SCALE" -h 127.0.0.1 -p "$PG_PORT" -U "$DB_USER" "$DB" \
-        >>"$WORK/setup.log" 2>&1 || die "pgbench -i failed" "$WORK/setup.log"
+}
+
+# load_data: create and fill the tables the selected workloads need.
+load_data() {
+    if has_word "$WORKLOADS" select-only; then
+        log "pgbench -i -s $SCALE"
+        PGPASSWORD=$DB_PASSWORD pgbench -i -s "$SCALE" -h 127.0.0.1 -p "$PG_PORT" -U "$DB_USER" "$DB" \
+            >>"$WORK/setup.log" 2>&1 || die "pgbench -i failed" "$WORK/setup.log"
+    fi
+    if has_word "$WORKLOADS" permission-join; then setup_permission_join; fi
     psql -X -q -h "$WORK" -p "$PG_PORT" -U "$PG_SUPERUSER" -d "$DB" -c CHECKPOINT >>"$WORK/setup.log" 2>&1 || true
+}
+
+# setup_permission_join: the schema of a multi-tenant app's role-based access
+# control, filled deterministically with generate_series (a few seconds), and the
+# pgbench script: the permission lookup such an app runs on every request.
+setup_permission_join() {
+    local sql=$WORK/permission-join-setup.sql
+    log "permission-join: creating and filling the permission tables"
+    cat >"$sql" <<EOF
+CREATE TABLE tenants (id int NOT NULL, name text NOT NULL, active boolean NOT NULL);
+CREATE TABLE users (id int NOT NULL, tenant_id int NOT NULL, email text NOT NULL);
+CREATE TABLE roles (id int NOT NULL, tenant_id int NOT NULL, name text NOT NULL);
+CREATE TABLE user_roles (user_id int NOT NULL, role_id int NOT NULL);
+CREATE TABLE permissions (id int NOT NULL, name text NOT NULL);
+CREATE TABLE role_permissions (role_id int NOT NULL, permission_id int NOT NULL);
+
+-- Every 50th tenant is inactive: its users get no permissions.
+INSERT INTO tenants SELECT t, 'tenant-' || t, t % 50 <> 0 FROM generate_series(1, $PERM_TENANTS) t;
+INSERT INTO users SELECT u, (u - 1) % $PERM_TENANTS + 1, 'user' || u || '@example.com'
+    FROM generate_series(1, $PERM_USERS) u;
+INSERT INTO roles SELECT (t - 1) * $PERM_ROLES_PER_TENANT + k + 1, t,
+        (ARRAY['admin', 'editor', 'viewer', 'billing', 'support'])[k % 5 + 1] || CASE WHEN k >= 5 THEN '-' || k ELSE '' END
+    FROM generate_series(1, $PERM_TENANTS) t, generate_series(0, $PERM_ROLES_PER_TENANT - 1) k;
+-- 1, 2 or 3 distinct roles of the user's own tenant (2 on average).
+INSERT INTO user_roles SELECT u.id, (u.tenant_id - 1) * $PERM_ROLES_PER_TENANT + (u.id + k) % $PERM_ROLES_PER_TENANT + 1
+    FROM users u, generate_series(0, 2) k WHERE k <= u.id % 3 AND k < $PERM_ROLES_PER_TENANT;
+INSERT INTO permissions SELECT (r - 1) * 4 + a + 1, 'resource' || r || ':' || (ARRAY['read', 'write', 'delete', 'admin'])[a + 1]
+    FROM generate_series(1, $PERM_PERMISSIONS / 4) r, generate_series(0, 3) a;
+-- 10 to 30 distinct permissions per role (20 on average); 11 is coprime to 200.
+INSERT INTO role_permissions SELECT r.id, (r.id * 37 + k * 11) % $PERM_PERMISSIONS + 1
+    FROM roles r, generate_series(0, 29) k WHERE k < 10 + r.id % 21;
+
+ALTER TABLE tenants ADD PRIMARY KEY (id);
+ALTER TABLE users ADD PRIMARY KEY (id);
+ALTER TABLE roles ADD PRIMARY KEY (id);
+ALTER TABLE user_roles ADD PRIMARY KEY (user_id, role_id);
+ALTER TABLE permissions ADD PRIMARY KEY (id);
+ALTER TABLE role_permissions ADD PRIMARY KEY (role_id, permission_id);
+CREATE UNIQUE INDEX ON permissions (name);
+CREATE INDEX ON users (tenant_id);
+CREATE INDEX ON roles (tenant_id);
+CREATE INDEX ON user_roles (role_id);
+CREATE INDEX ON role_permissions (permission_id);
+ALTER TABLE users ADD FOREIGN KEY (tenant_id) REFERENCES tenants;
+ALTER TABLE roles ADD FOREIGN KEY (tenant_id) REFERENCES tenants;
+ALTER TABLE user_roles ADD FOREIGN KEY (user_id) REFERENCES users;
+ALTER TABLE user_roles ADD FOREIGN KEY (role_id) REFERENCES roles;
+ALTER TABLE role_permissions ADD FOREIGN KEY (role_id) REFERENCES roles;
+ALTER TABLE role_permissions ADD FOREIGN KEY (permission_id) REFERENCES permissions;
+VACUUM (ANALYZE) tenants, users, roles, user_roles, permissions, role_permissions;
+EOF
+    PGPASSWORD=$DB_PASSWORD PGCONNECT_TIMEOUT=5 timeout 300 \
+        psql -X -q -h 127.0.0.1 -p "$PG_PORT" -U "$DB_USER" -d "$DB" -v ON_ERROR_STOP=1 -f "$sql" \
+        >>"$WORK/setup.log" 2>&1 || die "permission-join setup failed" "$WORK/setup.log"
+    cat >"$WORK/permission-join.sql" <<EOF
+\set uid random(1, $PERM_USERS)
+SELECT DISTINCT p.name
+  FROM users u
+  JOIN tenants t ON t.id = u.tenant_id
+  JOIN user_roles ur ON ur.user_id = u.id
+  JOIN roles r ON r.id = ur.role_id AND r.tenant_id = u.tenant_id
+  JOIN role_permissions rp ON rp.role_id = r.id
+  JOIN permissions p ON p.id = rp.permission_id
+ WHERE u.id = :uid AND t.active
+ ORDER BY p.name;
+EOF
+    local rows
+    rows=$(psql_bench "$PG_PORT" "SELECT (SELECT count(*) FROM user_roles) || ' user_roles, '
+        || (SELECT count(*) FROM role_permissions) || ' role_permissions, a lookup returns '
+        || (SELECT round(avg(n)) FROM (SELECT count(DISTINCT rp.permission_id) AS n FROM user_roles ur
+            JOIN role_permissions rp USING (role_id) WHERE ur.user_id <= 1000 GROUP BY ur.user_id) s)
+        || ' rows on average'") || die "permission-join: counting rows failed"
+    log "permission-join: $rows"
 }
 
 start_pgbouncer() {
@@ -354,11 +500,28 @@ EOF
     log "pgbouncer up (pid $PGBOUNCER_PID): $PGBOUNCER_VERSION"
 }
 
-start_sluice() {
-    local logfile=$WORK/sluice.log
-    cat >"$WORK/proxy.toml" <<EOF
+# write_sluice_configs: generate every variant's config and validate it with
+# `sluice check`, so a config this binary rejects fails the run before the slow setup.
+write_sluice_configs() {
+    local v target conf
+    for v in "${VARIANTS[@]}"; do
+        target=$(sluice_target "$v"); conf=$(sluice_conf "$v")
+        write_sluice_config "$v" "$conf"
+        if ! timeout 15 "$SLUICE_BIN" check --config "$conf" >"$WORK/$target-check.log" 2>&1; then
+            printf -- '--- variant %s appends to proxy.toml: ---%s\n' "$v" "$(variant_toml "$v")" >>"$WORK/$target-check.log"
+            die "$target: 'sluice check' rejects the generated $(basename "$conf"); this sluice binary does not support SLUICE_VARIANTS variant '$v'" \
+                "$WORK/$target-check.log"
+        fi
+    done
+}
+
+# write_sluice_config VARIANT FILE
+write_sluice_config() {
+    local v=$1 conf=$2
+    {
+        cat <<EOF
 [listen]
-postgres = "127.0.0.1:$SLUICE_PORT"
+postgres = "127.0.0.1:${SLUICE_PORTS[$v]}"
 
 [pool]
 mode = "transaction"
@@ -374,24 +537,41 @@ password = "$DB_PASSWORD"
 name = "$DB_USER"
 password = "$DB_PASSWORD"
 EOF
-    spawn_daemon SLUICE_PID sluice "$logfile" 0 \
-        env RUST_LOG="$SLUICE_RUST_LOG" "$SLUICE_BIN" --config "$WORK/proxy.toml"
-    wait_until "$STARTUP_DEADLINE" "$SLUICE_PID" "$logfile" "sluice" tcp_open "$SLUICE_PORT"
-    wait_until "$STARTUP_DEADLINE" "$SLUICE_PID" "$logfile" "sluice (SELECT 1 through it)" \
-        psql_bench "$SLUICE_PORT" "SELECT 1"
-    SLUICE_VERSION=$(timeout 5 "$SLUICE_BIN" --version 2>/dev/null | head -n 1 || true)
-    SLUICE_VERSION="${SLUICE_VERSION:-unknown version} ($SLUICE_BIN, repo $(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null || echo "without commits"))"
-    log "sluice up (pid $SLUICE_PID): $SLUICE_VERSION"
+        variant_toml "$v"
+    } >"$conf"
 }
 
-# run_pgbench LOGFILE MODE CLIENTS SECONDS PORT: returns pgbench's exit status.
-# Runs in the background and waits, so INT/TERM reach our trap promptly.
+# start_sluice VARIANT: start the variant's sluice from its generated config.
+start_sluice() {
+    local v=$1 target port conf logfile
+    target=$(sluice_target "$v"); port=${SLUICE_PORTS[$v]}; conf=$(sluice_conf "$v")
+    logfile=$WORK/$target.log
+    spawn_daemon "SLUICE_PIDS[$v]" "$target" "$logfile" 0 \
+        env RUST_LOG="$SLUICE_RUST_LOG" "$SLUICE_BIN" --config "$conf"
+    local pid=${SLUICE_PIDS[$v]}
+    wait_until "$STARTUP_DEADLINE" "$pid" "$logfile" "$target" tcp_open "$port"
+    wait_until "$STARTUP_DEADLINE" "$pid" "$logfile" "$target (SELECT 1 through it)" \
+        psql_bench "$port" "SELECT 1"
+    if [[ -z $SLUICE_VERSION ]]; then
+        SLUICE_VERSION=$(timeout 5 "$SLUICE_BIN" --version 2>/dev/null | head -n 1 || true)
+        SLUICE_VERSION="${SLUICE_VERSION:-unknown version} ($SLUICE_BIN, repo $(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null || echo "without commits"))"
+    fi
+    log "$target up (pid $pid, port $port, $(basename "$conf")): $SLUICE_VERSION"
+}
+
+# run_pgbench LOGFILE WORKLOAD MODE CLIENTS SECONDS PORT: returns pgbench's exit
+# status. Runs in the background and waits, so INT/TERM reach our trap promptly.
 run_pgbench() {
-    local logfile=$1 mode=$2 clients=$3 secs=$4 port=$5
+    local logfile=$1 workload=$2 mode=$3 clients=$4 secs=$5 port=$6
     local jobs=$((clients < PGBENCH_THREADS ? clients : PGBENCH_THREADS))
     ((jobs >= 1)) || jobs=1
+    local -a wl
+    case $workload in
+        select-only) wl=(-S) ;;
+        permission-join) wl=(-f "$WORK/permission-join.sql") ;;
+    esac
     PGPASSWORD=$DB_PASSWORD timeout --kill-after=10 $((secs + 60)) \
-        pgbench -S -M "$mode" -c "$clients" -j "$jobs" -T "$secs" -n \
+        pgbench "${wl[@]}" -M "$mode" -c "$clients" -j "$jobs" -T "$secs" -n \
         -h 127.0.0.1 -p "$port" -U "$DB_USER" "$DB" >"$logfile" 2>&1 &
     PGBENCH_PID=$!
     local rc=0
@@ -411,16 +591,17 @@ run_failed() {
     FAILNOTE[$key]="$what${detail:+: $detail}"
 }
 
-# measure MODE CLIENTS TARGET PORT PROXY_PID: warm-up + measured run; fills RESULT.
+# measure WORKLOAD MODE CLIENTS TARGET PORT PROXY_PID: warm-up + measured run;
+# fills RESULT.
 measure() {
-    local mode=$1 clients=$2 target=$3 port=$4 proxy_pid=$5
-    local key="$mode|$clients|$target" tag="$mode c=$clients $target"
-    local wlog="$WORK/pgbench-$mode-$clients-$target-warmup.log"
-    local mlog="$WORK/pgbench-$mode-$clients-$target.log"
+    local workload=$1 mode=$2 clients=$3 target=$4 port=$5 proxy_pid=$6
+    local key="$workload|$mode|$clients|$target" tag="$workload $mode c=$clients $target"
+    local wlog="$WORK/pgbench-$workload-$mode-$clients-$target-warmup.log"
+    local mlog="$WORK/pgbench-$workload-$mode-$clients-$target.log"
     local baseline; baseline=$(bench_backend_pids)
 
     if ((WARMUP > 0)); then
-        if ! run_pgbench "$wlog" "$mode" "$clients" "$WARMUP" "$port"; then
+        if ! run_pgbench "$wlog" "$workload" "$mode" "$clients" "$WARMUP" "$port"; then
             run_failed "$key" "$tag" "warm-up pgbench failed" "$wlog"; return 0
         fi
         if [[ $target == direct ]]; then wait_new_backends_gone "$baseline"; fi
@@ -430,7 +611,7 @@ measure() {
     local pg0 px0=0 pg1 px1=0
     pg0=$(tree_cpu_ticks "$PG_PID")
     if [[ -n $proxy_pid ]]; then px0=$(tree_cpu_ticks "$proxy_pid"); fi
-    if ! run_pgbench "$mlog" "$mode" "$clients" "$DURATION" "$port"; then
+    if ! run_pgbench "$mlog" "$workload" "$mode" "$clients" "$DURATION" "$port"; then
         run_failed "$key" "$tag" "pgbench failed" "$mlog"; return 0
     fi
     if [[ $target == direct ]]; then wait_new_backends_gone "$baseline"; fi
@@ -460,21 +641,43 @@ measure() {
 }
 
 run_matrix() {
-    local mode clients
-    for mode in $MODES; do
-        for clients in $CLIENTS; do
-            measure "$mode" "$clients" direct "$PG_PORT" ""
-            measure "$mode" "$clients" pgbouncer "$PGBOUNCER_PORT" "$PGBOUNCER_PID"
-            if ((RUN_SLUICE)); then measure "$mode" "$clients" sluice "$SLUICE_PORT" "$SLUICE_PID"; fi
+    local workload mode clients v
+    for workload in $WORKLOADS; do
+        for mode in $MODES; do
+            for clients in $CLIENTS; do
+                measure "$workload" "$mode" "$clients" direct "$PG_PORT" ""
+                measure "$workload" "$mode" "$clients" pgbouncer "$PGBOUNCER_PORT" "$PGBOUNCER_PID"
+                for v in "${VARIANTS[@]}"; do
+                    measure "$workload" "$mode" "$clients" "$(sluice_target "$v")" "${SLUICE_PORTS[$v]}" "${SLUICE_PIDS[$v]}"
+                done
+            done
         done
     done
 }
 
+# ratio_row LABEL CLIENTS KEY_A KEY_B: a ratios-table row, A / B of TPS, of proxy
+# CPU per txn and of Postgres CPU per txn ("-" where either side has no number).
+ratio_row() {
+    local label=$1 clients=$2
+    local -a a b; read -ra a <<<"${RESULT[$3]:-FAILED}"; read -ra b <<<"${RESULT[$4]:-FAILED}"
+    if [[ ${a[0]} == OK && ${b[0]} == OK ]]; then
+        awk -v l="$label" -v c="$clients" -v at="${a[1]}" -v bt="${b[1]}" -v ax="${a[3]}" -v bx="${b[3]}" \
+            -v ap="${a[5]}" -v bp="${b[5]}" '
+            function r(x, y) { return (x != "-" && y != "-" && y + 0 > 0) ? sprintf("%.2f", x / y) : "-" }
+            BEGIN { printf "| %s | %s | %s | %s | %s |\n", l, c, r(at, bt), r(ax, bx), r(ap, bp) }'
+    else
+        echo "| $label | $clients | - | - | - |"
+    fi
+}
+
 write_report() {
-    local cpu_model autogroup mode clients target
+    local cpu_model autogroup workload mode clients target v a
     cpu_model=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
     autogroup=$(cat /proc/sys/kernel/sched_autogroup_enabled 2>/dev/null || echo "n/a")
     ((RUN_SLUICE)) || SLUICE_VERSION="skipped (no binary at $SLUICE_BIN)"
+    local -a targets=(direct pgbouncer) sluices=()
+    for v in "${VARIANTS[@]}"; do sluices+=("$(sluice_target "$v")"); done
+    targets+=("${sluices[@]}")
 
     mkdir -p "$(dirname "$OUT")"
     {
@@ -485,54 +688,78 @@ write_report() {
         echo "- postgres: $PG_VERSION (fsync=off, shared_buffers=256MB, max_connections=400)"
         echo "- pgbouncer: $PGBOUNCER_VERSION"
         echo "- sluice: $SLUICE_VERSION"
-        echo "- workload: \`pgbench -S\` (select-only), scale $SCALE, ${DURATION}s per run after ${WARMUP}s warm-up, -j min(clients,$PGBENCH_THREADS)"
+        for v in "${VARIANTS[@]}"; do
+            echo "  - \`$(sluice_target "$v")\` (variant \`$v\`): $(variant_desc "$v")"
+        done
+        echo "- workloads: ${DURATION}s per run after ${WARMUP}s warm-up, -j min(clients,$PGBENCH_THREADS)"
+        for workload in $WORKLOADS; do echo "  - $workload: $(workload_desc "$workload")"; done
         echo "- proxies: transaction pooling, pool size $POOL_SIZE; each proxy and Postgres run in their own session (setsid)"
         echo "- CPU: utime+stime (incl. reaped children) from /proc, ${CLK_TCK} ticks/s; proxy = proxy process, Postgres = postmaster and all backends"
-        for mode in $MODES; do
+        if has_word "$WORKLOADS" permission-join; then
             echo
-            echo "## pgbench -M $mode"
+            echo "permission-join script:"
             echo
-            echo "| target | clients | TPS | mean latency ms | proxy CPU µs/txn | proxy CPU s/10k txn | Postgres CPU µs/txn |"
-            echo "|---|---:|---:|---:|---:|---:|---:|"
-            for clients in $CLIENTS; do
-                for target in direct pgbouncer sluice; do
-                    if [[ $target == sluice ]] && ((!RUN_SLUICE)); then continue; fi
-                    local -a r; read -ra r <<<"${RESULT[$mode|$clients|$target]:-FAILED}"
-                    if [[ ${r[0]} == OK ]]; then
-                        echo "| $target | $clients | ${r[1]} | ${r[2]} | ${r[3]} | ${r[4]} | ${r[5]} |"
-                    else
-                        echo "| $target | $clients | FAILED | - | - | - | - |"
-                    fi
+            echo '```sql'
+            cat "$WORK/permission-join.sql"
+            echo '```'
+        fi
+        for workload in $WORKLOADS; do
+            for mode in $MODES; do
+                local sect="$workload, -M $mode"
+                echo
+                echo "## $workload, pgbench -M $mode"
+                echo
+                echo "| target | clients | TPS | mean latency ms | proxy CPU µs/txn | proxy CPU s/10k txn | Postgres CPU µs/txn |"
+                echo "|---|---:|---:|---:|---:|---:|---:|"
+                for clients in $CLIENTS; do
+                    for target in "${targets[@]}"; do
+                        local -a r; read -ra r <<<"${RESULT[$workload|$mode|$clients|$target]:-FAILED}"
+                        if [[ ${r[0]} == OK ]]; then
+                            echo "| $target | $clients | ${r[1]} | ${r[2]} | ${r[3]} | ${r[4]} | ${r[5]} |"
+                        else
+                            echo "| $target | $clients | FAILED | - | - | - | - |"
+                        fi
+                    done
                 done
-            done
-            for clients in $CLIENTS; do
-                for target in direct pgbouncer sluice; do
-                    if [[ -n ${FAILNOTE[$mode|$clients|$target]:-} ]]; then
-                        echo
-                        echo "- FAILED $target, $clients clients: \`${FAILNOTE[$mode|$clients|$target]//\`/\'}\`"
-                    fi
+                for clients in $CLIENTS; do
+                    for target in "${targets[@]}"; do
+                        local note=${FAILNOTE[$workload|$mode|$clients|$target]:-}
+                        if [[ -n $note ]]; then
+                            echo
+                            echo "- FAILED $target, $clients clients: \`${note//\`/\'}\`"
+                        fi
+                    done
                 done
-            done
-            echo
-            echo "### sluice / PgBouncer (-M $mode)"
-            echo
-            if ((!RUN_SLUICE)); then
-                echo "_sluice was not run (no binary at \`$SLUICE_BIN\`)._"
-                continue
-            fi
-            echo "| clients | TPS ratio | proxy CPU per txn ratio |"
-            echo "|---:|---:|---:|"
-            for clients in $CLIENTS; do
-                local -a s b; read -ra s <<<"${RESULT[$mode|$clients|sluice]:-FAILED}"
-                read -ra b <<<"${RESULT[$mode|$clients|pgbouncer]:-FAILED}"
-                if [[ ${s[0]} == OK && ${b[0]} == OK ]]; then
-                    awk -v c="$clients" -v st="${s[1]}" -v bt="${b[1]}" -v sc="${s[3]}" -v bc="${b[3]}" 'BEGIN {
-                        tr = (bt > 0) ? sprintf("%.2f", st / bt) : "-"
-                        cr = (bc > 0) ? sprintf("%.2f", sc / bc) : "-"
-                        printf "| %s | %s | %s |\n", c, tr, cr }'
-                else
-                    echo "| $clients | - | - |"
+                echo
+                echo "### ratios ($sect)"
+                echo
+                if ((!RUN_SLUICE)); then
+                    echo "_sluice was not run (no binary at \`$SLUICE_BIN\`)._"
+                    continue
                 fi
+                echo "| ratio | clients | TPS | proxy CPU per txn | Postgres CPU per txn |"
+                echo "|---|---:|---:|---:|---:|"
+                local k="$workload|$mode"
+                for target in "${sluices[@]}"; do
+                    for clients in $CLIENTS; do
+                        ratio_row "$target / PgBouncer" "$clients" "$k|$clients|$target" "$k|$clients|pgbouncer"
+                    done
+                done
+                # Each variant with auto-prepare (all but noprepare) against noprepare.
+                if has_word "${VARIANTS[*]}" noprepare; then
+                    for v in "${VARIANTS[@]}"; do
+                        [[ $v != noprepare ]] || continue
+                        a=$(sluice_target "$v")
+                        for clients in $CLIENTS; do
+                            ratio_row "$a / sluice-noprepare" "$clients" "$k|$clients|$a" "$k|$clients|sluice-noprepare"
+                        done
+                    done
+                fi
+                for target in "${sluices[@]}"; do
+                    for clients in $CLIENTS; do
+                        ratio_row "$target / direct" "$clients" "$k|$clients|$target" "$k|$clients|direct"
+                    done
+                done
             done
         done
     } >"$OUT"
@@ -563,7 +790,8 @@ cleanup() {
     trap - EXIT INT TERM
     if ((rc != 0)); then log "exiting with status $rc; stopping everything we started"; fi
     if [[ -n $PGBENCH_PID ]]; then kill -TERM "$PGBENCH_PID" 2>/dev/null; wait "$PGBENCH_PID" 2>/dev/null; fi
-    stop_daemon sluice "$SLUICE_PID" TERM
+    local v
+    for v in "${!SLUICE_PIDS[@]}"; do stop_daemon "$(sluice_target "$v")" "${SLUICE_PIDS[$v]}" TERM; done
     stop_daemon pgbouncer "$PGBOUNCER_PID" TERM
     if alive "$PG_PID"; then
         # Backends call setsid() themselves, so they are not in the postmaster's
@@ -592,13 +820,16 @@ main() {
     trap 'exit 130' INT
     trap 'exit 143' TERM
     check_prerequisites
-    local nclients nmodes ntargets=$((2 + RUN_SLUICE))
-    nclients=$(wc -w <<<"$CLIENTS"); nmodes=$(wc -w <<<"$MODES")
-    log "plan: modes [$MODES] x clients [$CLIENTS] x $ntargets targets, ~$((nmodes * nclients * ntargets * (DURATION + WARMUP + 1) / 60 + 1)) min + setup"
+    local nclients nmodes nworkloads ntargets=$((2 + ${#VARIANTS[@]})) v
+    nclients=$(wc -w <<<"$CLIENTS"); nmodes=$(wc -w <<<"$MODES"); nworkloads=$(wc -w <<<"$WORKLOADS")
+    log "plan: workloads [$WORKLOADS] x modes [$MODES] x clients [$CLIENTS] x $ntargets targets," \
+        "~$((nworkloads * nmodes * nclients * ntargets * (DURATION + WARMUP + 1) / 60 + 1)) min + setup"
     make_workdir
+    write_sluice_configs
     start_postgres
+    load_data
     start_pgbouncer
-    if ((RUN_SLUICE)); then start_sluice; fi
+    for v in "${VARIANTS[@]}"; do start_sluice "$v"; done
     run_matrix
     write_report
 }

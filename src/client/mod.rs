@@ -35,6 +35,8 @@ pub struct Shared {
     pub hot: crate::metrics::HotMetrics,
     /// Shared server statements.
     pub statements: StatementRegistry,
+    /// Auto-prepare shape table.
+    pub auto: crate::prepare::AutoPrepare,
     /// Interned settings sets.
     pub params: ParamInterner,
     /// Cancel keys.

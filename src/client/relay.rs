@@ -33,7 +33,7 @@ impl Session {
             return Ok(());
         };
         let mut rbuf = std::mem::take(&mut server.rbuf);
-        let result = self.relay(&mut rbuf).await;
+        let mut result = self.relay(&mut rbuf).await;
         if let Some(server) = self.server.as_mut() {
             // Keep the (possibly grown) buffer with the connection.
             if server.rbuf.is_empty() {
@@ -42,6 +42,10 @@ impl Session {
                 rbuf.extend_from_slice(&server.rbuf);
                 server.rbuf = rbuf;
             }
+        }
+        if result.is_ok() && self.resend {
+            self.resend = false;
+            result = self.replay().await;
         }
         result?;
         if self.server.is_some() && self.can_release() {
@@ -191,8 +195,26 @@ impl Session {
     }
 
     fn on_server_error(&mut self, body: &[u8]) -> Result<Action, Error> {
-        self.state.unit.error = true;
         let fields = parse_error_fields(body);
+        if self.retry.as_ref().is_some_and(|r| !r.armed)
+            && matches!(self.expect.front(), Some(Expect::Bind))
+            && (fields.code == "0A000" || fields.code == "26000")
+        {
+            // An auto-prepared plan went stale (schema changed behind sluice's back) and
+            // nothing of this batch's results reached the client: replay it instead.
+            tracing::debug!(client = self.id, code = %fields.code, "stale auto-prepared statement; replaying");
+            if let Some(r) = self.retry.as_mut() {
+                r.armed = true;
+            }
+            if let Some(e) = self.expect.pop() {
+                self.undo(e);
+            }
+            for e in self.expect.skip_to_sync() {
+                self.undo(e);
+            }
+            return Ok(Action::Drop);
+        }
+        self.state.unit.error = true;
         let mut action = Action::Forward;
         if fields.is_fatal() {
             // The server is going away. An autocommit request can be failed without
@@ -261,6 +283,21 @@ impl Session {
             Some(e) if e.is_sync_point() => None,
             other => return self.desync("ReadyForQuery", other),
         };
+        match self.retry.take() {
+            Some(r) if r.armed => {
+                // The replay's ReadyForQuery is the one the client will see.
+                self.retry = Some(r);
+                self.resend = true;
+                return Ok(Action::Drop);
+            }
+            Some(r) => self.retry_buf = r.frames,
+            None => {}
+        }
+        if after == TxStatus::Idle && self.saw_ddl {
+            // The schema may have changed: auto-prepared statements start afresh.
+            self.saw_ddl = false;
+            self.shared.auto.invalidate();
+        }
         let before = self.state.status;
         let unit = std::mem::take(&mut self.state.unit);
         let mut effects = unit.effects;
@@ -310,6 +347,48 @@ impl Session {
         self.state.status = after;
         server.status = after;
         Ok(Action::Forward)
+    }
+
+    /// Replays the kept batch with a fresh server statement for its auto-prepared shape.
+    async fn replay(&mut self) -> Result<(), Error> {
+        let Some(retry) = self.retry.take() else {
+            return Ok(());
+        };
+        self.shared.auto.invalidate();
+        if let Some(u) = self.state.unnamed.as_mut() {
+            if let Some(old) = &u.prepared {
+                u.prepared = Some(self.shared.auto.refresh(old, &self.shared.statements));
+            }
+        }
+        self.shared
+            .metrics
+            .prepared_statements
+            .with_label_values(&["re_prepared"])
+            .inc();
+        let bytes = retry.frames.freeze();
+        let mut frames = Vec::new();
+        let mut pos = 0;
+        while pos < bytes.len() {
+            let h = peek_header(&bytes[pos..], usize::MAX)
+                .ok()
+                .flatten()
+                .ok_or_else(|| Error::ServerProtocol("corrupt replay buffer".into()))?;
+            frames.push(bytes.slice(pos..pos + h.total));
+            pos += h.total;
+        }
+        let mut front = std::mem::take(&mut self.sout);
+        let mut body = std::mem::take(&mut self.sbody);
+        front.clear();
+        body.clear();
+        let result = match self.translate(&frames, &mut front, &mut body, false) {
+            Ok(()) => self.write_server(&front, &body).await,
+            Err(e) => Err(e),
+        };
+        front.clear();
+        body.clear();
+        self.sout = front;
+        self.sbody = body;
+        result
     }
 
     fn desync(&mut self, what: &str, got: Option<Expect>) -> Result<Action, Error> {

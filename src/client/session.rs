@@ -93,6 +93,10 @@ pub async fn run(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
         server_fatal: false,
         cancel: slot,
         identity,
+        saw_ddl: false,
+        retry: None,
+        retry_buf: BytesMut::new(),
+        resend: false,
     };
     tracing::debug!(%peer, user = %session.identity.user, database = %database.name, "client connected");
     shared.hot.clients_idle.inc();
@@ -282,6 +286,22 @@ pub(super) struct Session {
     pub(super) server_fatal: bool,
     pub(super) cancel: Arc<Slot>,
     pub(super) identity: Identity,
+    /// A statement that changes the schema was sent in the current transaction.
+    pub(super) saw_ddl: bool,
+    /// The batch in flight may be replayed once if its auto-prepared plan went stale.
+    pub(super) retry: Option<Retry>,
+    /// Reused buffer for [`Retry::frames`].
+    pub(super) retry_buf: BytesMut,
+    /// A stale plan was detected: replay the batch after relaying.
+    pub(super) resend: bool,
+}
+
+/// A batch kept for one replay.
+pub(super) struct Retry {
+    /// The client frames from the first Bind on, concatenated.
+    pub(super) frames: BytesMut,
+    /// The server reported a stale plan for it.
+    pub(super) armed: bool,
 }
 
 enum Wake {
@@ -605,6 +625,7 @@ impl Session {
             && self.expect.is_empty()
             && self.pending.is_empty()
             && self.passthrough == 0
+            && !self.resend
     }
 
     /// The server connection broke while attached.

@@ -21,6 +21,8 @@ pub struct Unnamed {
     pub parse: Bytes,
     /// Its facts.
     pub info: Arc<StatementInfo>,
+    /// The shared server statement standing in for it once auto-prepared.
+    pub prepared: Option<Arc<ServerStatement>>,
 }
 
 /// Per-request bookkeeping, reset at each ReadyForQuery.

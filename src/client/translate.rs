@@ -6,11 +6,11 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use super::session::{error_frame, Session};
+use super::session::{error_frame, Retry, Session};
 use super::state::Unnamed;
 use crate::error::Error;
 use crate::prepare::StatementKey;
-use crate::protocol::backend::{self, CLOSE_COMPLETE, PARSE_COMPLETE};
+use crate::protocol::backend::{self, TxStatus, CLOSE_COMPLETE, PARSE_COMPLETE};
 use crate::protocol::frontend::{
     self, execute_portal, query_text, write_bind, write_statement_target, Bind, DescribeOrClose,
     Parse, Target,
@@ -39,6 +39,9 @@ impl Session {
         }
         if !self.ensure_server(true).await? {
             return Ok(());
+        }
+        if info.ddl {
+            self.saw_ddl = true;
         }
         let info = (!info.is_plain()).then(|| Arc::new(info));
         self.state.unnamed = None;
@@ -81,7 +84,7 @@ impl Session {
                 backend::command_complete(&mut out, "DEALLOCATE ALL");
             }
             Local::DiscardAll => {
-                if self.state.status != crate::protocol::backend::TxStatus::Idle
+                if self.state.status != TxStatus::Idle
                     || self.pinned.is_some()
                     || self.mode == crate::config::PoolMode::Session
                 {
@@ -199,7 +202,7 @@ impl Session {
         let mut body = std::mem::take(&mut self.sbody);
         front.clear();
         body.clear();
-        let result = self.translate(frames, &mut front, &mut body);
+        let result = self.translate(frames, &mut front, &mut body, true);
         let sent = match result {
             Ok(()) => self.write_server(&front, &body).await,
             Err(e) => Err(e),
@@ -237,21 +240,29 @@ impl Session {
     }
 
     /// Rewrites a batch for the attached server. Injected messages that must precede the
-    /// batch (LRU closes) go to `front`, the rest to `body`.
-    fn translate(
+    /// batch (LRU closes) go to `front`, the rest to `body`. With `allow_retry`, a batch
+    /// that starts by binding an auto-prepared statement keeps a copy of its frames so a
+    /// stale plan can be re-prepared and the batch replayed once.
+    pub(super) fn translate(
         &mut self,
         frames: &[Bytes],
         front: &mut BytesMut,
         body: &mut BytesMut,
+        allow_retry: bool,
     ) -> Result<(), Error> {
-        let max_prepared = self.pool.settings().max_prepared_statements;
+        let cfg = self.shared.config.load();
+        let mut b = Batch {
+            used: Vec::new(),
+            at: self.expect.len(),
+            evictions: 0,
+            max: self.pool.settings().max_prepared_statements,
+        };
+        let fresh_batch = b.at == 0;
         let client_id = self.id;
         let search_path = self.state.search_path();
-        let mut used: Vec<u64> = Vec::new();
         let mut parsed_unnamed = false;
-        let batch_start = self.expect.len();
-        let mut evictions = 0usize;
-        for f in frames {
+        let mut executed = false;
+        for (i, f) in frames.iter().enumerate() {
             let server = self
                 .server
                 .as_mut()
@@ -268,16 +279,62 @@ impl Session {
                             Some(u) if u.parse == *f => (u.parse, u.info),
                             _ => (Bytes::copy_from_slice(f), Arc::new(analyze(p.query))),
                         };
-                        self.state.unnamed = Some(Unnamed { seq, parse, info });
-                        server.unnamed = Some((client_id, seq));
+                        let auto = self.shared.auto.observe(
+                            &cfg.prepare,
+                            p.query,
+                            p.param_types,
+                            search_path.as_ref(),
+                            &self.shared.statements,
+                        );
                         parsed_unnamed = true;
-                        body.extend_from_slice(f);
-                        self.expect.push(Expect::Parse {
-                            forward: true,
-                            track: ParseTrack {
-                                client_name: None,
-                                statement: None,
-                            },
+                        if let Some(stmt) = &auto {
+                            // Frequent: use the shared server statement; the client still
+                            // sees exactly the replies of its unnamed statement.
+                            match b.ensure(
+                                server,
+                                stmt,
+                                front,
+                                body,
+                                &mut self.expect,
+                                &self.shared,
+                                true,
+                            ) {
+                                true => self
+                                    .shared
+                                    .metrics
+                                    .prepared_statements
+                                    .with_label_values(&["auto_prepared"])
+                                    .inc(),
+                                false => {
+                                    self.shared
+                                        .metrics
+                                        .prepared_statements
+                                        .with_label_values(&["reused"])
+                                        .inc();
+                                    self.expect.push(Expect::Synthetic(Bytes::from_static(
+                                        &PARSE_COMPLETE,
+                                    )));
+                                }
+                            }
+                        } else {
+                            server.unnamed = Some((client_id, seq));
+                            body.extend_from_slice(f);
+                            self.expect.push(Expect::Parse {
+                                forward: true,
+                                track: ParseTrack {
+                                    client_name: None,
+                                    statement: None,
+                                },
+                            });
+                        }
+                        if info.ddl {
+                            self.saw_ddl = true;
+                        }
+                        self.state.unnamed = Some(Unnamed {
+                            seq,
+                            parse,
+                            info,
+                            prepared: auto,
                         });
                         continue;
                     }
@@ -285,14 +342,32 @@ impl Session {
                         query: Bytes::copy_from_slice(p.query),
                         param_types: Bytes::copy_from_slice(p.param_types),
                         search_path: search_path.clone(),
+                        generation: 0,
                     };
                     let stmt = self
                         .shared
                         .statements
                         .get_or_create(key, || analyze(p.query));
                     self.state.statements.insert(p.name.to_vec(), stmt.clone());
-                    used.push(stmt.id);
-                    if server.prepared.touch(stmt.id) {
+                    if b.ensure(
+                        server,
+                        &stmt,
+                        front,
+                        body,
+                        &mut self.expect,
+                        &self.shared,
+                        true,
+                    ) {
+                        self.shared
+                            .metrics
+                            .prepared_statements
+                            .with_label_values(&["prepared"])
+                            .inc();
+                        // Bookkeeping to undo if the Parse fails.
+                        if let Some(Expect::Parse { track, .. }) = self.expect.back_mut() {
+                            track.client_name = Some(p.name.to_vec());
+                        }
+                    } else {
                         self.shared
                             .metrics
                             .prepared_statements
@@ -300,92 +375,95 @@ impl Session {
                             .inc();
                         self.expect
                             .push(Expect::Synthetic(Bytes::from_static(&PARSE_COMPLETE)));
-                    } else {
-                        evictions += evict(
-                            server,
-                            max_prepared,
-                            &used,
-                            front,
-                            &mut self.expect,
-                            batch_start + evictions,
-                            &self.shared,
-                        );
-                        server.prepared.insert(stmt.id);
-                        self.shared
-                            .metrics
-                            .prepared_statements
-                            .with_label_values(&["prepared"])
-                            .inc();
-                        body.extend_from_slice(&stmt.parse);
-                        self.expect.push(Expect::Parse {
-                            forward: true,
-                            track: ParseTrack {
-                                client_name: Some(p.name.to_vec()),
-                                statement: Some(stmt),
-                            },
-                        });
                     }
                 }
                 b'B' => {
-                    let b = Bind::read(f)?;
-                    let info = if b.statement.is_empty() {
-                        let unnamed = self.state.unnamed.clone();
-                        if let Some(u) = &unnamed {
-                            if !parsed_unnamed && server.unnamed != Some((client_id, u.seq)) {
-                                body.extend_from_slice(&u.parse);
-                                server.unnamed = Some((client_id, u.seq));
-                                self.expect.push(Expect::Parse {
-                                    forward: false,
-                                    track: ParseTrack {
-                                        client_name: None,
-                                        statement: None,
-                                    },
+                    let bind = Bind::read(f)?;
+                    let stmt = if bind.statement.is_empty() {
+                        self.state.unnamed.as_ref().and_then(|u| u.prepared.clone())
+                    } else {
+                        self.state.statements.get(bind.statement).cloned()
+                    };
+                    let info = match stmt {
+                        Some(stmt) => {
+                            if bind.statement.is_empty()
+                                && allow_retry
+                                && fresh_batch
+                                && !executed
+                                && self.retry.is_none()
+                                && self.state.status == TxStatus::Idle
+                            {
+                                let mut copy = std::mem::take(&mut self.retry_buf);
+                                copy.clear();
+                                for g in &frames[i..] {
+                                    copy.extend_from_slice(g);
+                                }
+                                self.retry = Some(Retry {
+                                    frames: copy,
+                                    armed: false,
                                 });
                             }
-                        }
-                        body.extend_from_slice(f);
-                        unnamed.map(|u| u.info)
-                    } else if let Some(stmt) = self.state.statements.get(b.statement).cloned() {
-                        used.push(stmt.id);
-                        if !server.prepared.touch(stmt.id) {
-                            evictions += evict(
+                            if b.ensure(
                                 server,
-                                max_prepared,
-                                &used,
+                                &stmt,
                                 front,
+                                body,
                                 &mut self.expect,
-                                batch_start + evictions,
                                 &self.shared,
-                            );
-                            server.prepared.insert(stmt.id);
-                            body.extend_from_slice(&stmt.parse);
-                            self.shared
-                                .metrics
-                                .prepared_statements
-                                .with_label_values(&["prepared"])
-                                .inc();
-                            self.expect.push(Expect::Parse {
-                                forward: false,
-                                track: ParseTrack {
-                                    client_name: None,
-                                    statement: Some(stmt.clone()),
-                                },
-                            });
+                                false,
+                            ) {
+                                self.shared
+                                    .metrics
+                                    .prepared_statements
+                                    .with_label_values(&["prepared"])
+                                    .inc();
+                            }
+                            write_bind(body, &bind, &stmt.name);
+                            if stmt.info.ddl {
+                                self.saw_ddl = true;
+                            }
+                            (!stmt.info.is_plain()).then(|| Arc::new(stmt.info.clone()))
                         }
-                        write_bind(body, &b, &stmt.name);
-                        (!stmt.info.is_plain()).then(|| Arc::new(stmt.info.clone()))
-                    } else {
-                        // Unknown name: let the server report it.
-                        body.extend_from_slice(f);
-                        None
+                        None if bind.statement.is_empty() => {
+                            let unnamed = self
+                                .state
+                                .unnamed
+                                .as_ref()
+                                .map(|u| (u.seq, u.parse.clone(), u.info.clone()));
+                            let info = match unnamed {
+                                Some((seq, parse, info)) => {
+                                    if !parsed_unnamed && server.unnamed != Some((client_id, seq)) {
+                                        // Another client's unnamed statement replaced ours.
+                                        body.extend_from_slice(&parse);
+                                        server.unnamed = Some((client_id, seq));
+                                        self.expect.push(Expect::Parse {
+                                            forward: false,
+                                            track: ParseTrack {
+                                                client_name: None,
+                                                statement: None,
+                                            },
+                                        });
+                                    }
+                                    Some(info)
+                                }
+                                None => None,
+                            };
+                            body.extend_from_slice(f);
+                            info
+                        }
+                        None => {
+                            // Unknown name: let the server report it.
+                            body.extend_from_slice(f);
+                            None
+                        }
                     };
                     match info.filter(|i| !i.is_plain()) {
                         Some(i) => {
-                            self.state.portals.insert(b.portal.to_vec(), i);
+                            self.state.portals.insert(bind.portal.to_vec(), i);
                         }
                         None => {
                             if !self.state.portals.is_empty() {
-                                self.state.portals.remove(b.portal);
+                                self.state.portals.remove(bind.portal);
                             }
                         }
                     }
@@ -393,59 +471,51 @@ impl Session {
                 }
                 b'D' => {
                     let d = DescribeOrClose::read(f)?;
-                    match d.target {
-                        Target::Portal => {
+                    let stmt = match d.target {
+                        Target::Portal => None,
+                        Target::Statement if d.name.is_empty() => {
+                            self.state.unnamed.as_ref().and_then(|u| u.prepared.clone())
+                        }
+                        Target::Statement => self.state.statements.get(d.name).cloned(),
+                    };
+                    match (d.target, stmt) {
+                        (Target::Portal, _) => {
                             body.extend_from_slice(f);
                             self.expect.push(Expect::DescribePortal);
                         }
-                        Target::Statement if d.name.is_empty() => {
-                            if let Some(u) = &self.state.unnamed {
-                                if !parsed_unnamed && server.unnamed != Some((client_id, u.seq)) {
-                                    body.extend_from_slice(&u.parse);
-                                    server.unnamed = Some((client_id, u.seq));
-                                    self.expect.push(Expect::Parse {
-                                        forward: false,
-                                        track: ParseTrack {
-                                            client_name: None,
-                                            statement: None,
-                                        },
-                                    });
+                        (Target::Statement, Some(stmt)) => {
+                            b.ensure(
+                                server,
+                                &stmt,
+                                front,
+                                body,
+                                &mut self.expect,
+                                &self.shared,
+                                false,
+                            );
+                            write_statement_target(body, b'D', &stmt.name);
+                            self.expect.push(Expect::DescribeStatement);
+                        }
+                        (Target::Statement, None) => {
+                            if d.name.is_empty() {
+                                if let Some(u) = &self.state.unnamed {
+                                    if !parsed_unnamed && server.unnamed != Some((client_id, u.seq))
+                                    {
+                                        body.extend_from_slice(&u.parse);
+                                        server.unnamed = Some((client_id, u.seq));
+                                        self.expect.push(Expect::Parse {
+                                            forward: false,
+                                            track: ParseTrack {
+                                                client_name: None,
+                                                statement: None,
+                                            },
+                                        });
+                                    }
                                 }
                             }
                             body.extend_from_slice(f);
                             self.expect.push(Expect::DescribeStatement);
                         }
-                        Target::Statement => match self.state.statements.get(d.name).cloned() {
-                            Some(stmt) => {
-                                used.push(stmt.id);
-                                if !server.prepared.touch(stmt.id) {
-                                    evictions += evict(
-                                        server,
-                                        max_prepared,
-                                        &used,
-                                        front,
-                                        &mut self.expect,
-                                        batch_start + evictions,
-                                        &self.shared,
-                                    );
-                                    server.prepared.insert(stmt.id);
-                                    body.extend_from_slice(&stmt.parse);
-                                    self.expect.push(Expect::Parse {
-                                        forward: false,
-                                        track: ParseTrack {
-                                            client_name: None,
-                                            statement: Some(stmt.clone()),
-                                        },
-                                    });
-                                }
-                                write_statement_target(body, b'D', &stmt.name);
-                                self.expect.push(Expect::DescribeStatement);
-                            }
-                            None => {
-                                body.extend_from_slice(f);
-                                self.expect.push(Expect::DescribeStatement);
-                            }
-                        },
                     }
                 }
                 b'E' => {
@@ -457,6 +527,7 @@ impl Session {
                     };
                     body.extend_from_slice(f);
                     self.expect.push(Expect::Execute(info));
+                    executed = true;
                 }
                 b'C' => {
                     let c = DescribeOrClose::read(f)?;
@@ -490,6 +561,61 @@ impl Session {
             }
         }
         Ok(())
+    }
+}
+
+/// Per-batch bookkeeping for statements placed on the server connection.
+struct Batch {
+    /// Statement ids this batch relies on (never evicted by it).
+    used: Vec<u64>,
+    /// Where this batch's expectations begin in the queue.
+    at: usize,
+    /// LRU closes queued ahead of the batch so far.
+    evictions: usize,
+    /// The per-connection statement limit.
+    max: usize,
+}
+
+impl Batch {
+    /// Makes sure `server` holds `stmt`, queuing its Parse when it does not (forwarding
+    /// the ParseComplete when `forward`). Returns true when a Parse was sent.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "disjoint borrows of the session's parts"
+    )]
+    fn ensure(
+        &mut self,
+        server: &mut crate::server::ServerConn,
+        stmt: &Arc<crate::prepare::ServerStatement>,
+        front: &mut BytesMut,
+        body: &mut BytesMut,
+        expect: &mut crate::server::expect::ExpectQueue,
+        shared: &super::Shared,
+        forward: bool,
+    ) -> bool {
+        self.used.push(stmt.id);
+        if server.prepared.touch(stmt.id) {
+            return false;
+        }
+        self.evictions += evict(
+            server,
+            self.max,
+            &self.used,
+            front,
+            expect,
+            self.at + self.evictions,
+            shared,
+        );
+        server.prepared.insert(stmt.id);
+        body.extend_from_slice(&stmt.parse);
+        expect.push(Expect::Parse {
+            forward,
+            track: ParseTrack {
+                client_name: None,
+                statement: Some(stmt.clone()),
+            },
+        });
+        true
     }
 }
 

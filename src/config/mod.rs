@@ -124,6 +124,30 @@ impl Default for PoolSettings {
     }
 }
 
+/// `[prepare]`: automatic server-side preparation of frequent unnamed statements.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrepareSettings {
+    /// Prepare frequent unnamed statements on the server.
+    pub auto: bool,
+    /// Executions within `window` before a statement shape is prepared.
+    pub threshold: u32,
+    /// Counts are halved every window.
+    pub window: Duration,
+    /// Most statement shapes tracked.
+    pub max_shapes: usize,
+}
+
+impl Default for PrepareSettings {
+    fn default() -> Self {
+        Self {
+            auto: true,
+            threshold: 5,
+            window: Duration::from_secs(60),
+            max_shapes: 10_000,
+        }
+    }
+}
+
 /// How sluice logs in to a database's servers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerCredentials {
@@ -215,6 +239,8 @@ pub struct Config {
     pub limits: Limits,
     /// Default pool settings.
     pub pool: PoolSettings,
+    /// Auto-prepare settings.
+    pub prepare: PrepareSettings,
     /// Databases.
     pub databases: Vec<Database>,
     /// Client users.
@@ -335,6 +361,26 @@ fn read_root(root: &mut Table<'_, '_>) -> Option<Config> {
             .unwrap_or(limits.shutdown_timeout);
         t.finish();
     }
+    let mut prepare = PrepareSettings::default();
+    if let Some(mut t) = root.table("prepare") {
+        if let Some(b) = t.bool("auto") {
+            prepare.auto = b;
+        }
+        if let Some(n) = t.int("threshold", 1, 1_000_000) {
+            prepare.threshold = n as u32;
+        }
+        if let Some(d) = t.duration("window") {
+            if d < Duration::from_secs(1) {
+                t.error("window", "must be at least 1s");
+            } else {
+                prepare.window = d;
+            }
+        }
+        if let Some(n) = t.int("max_shapes", 1, 10_000_000) {
+            prepare.max_shapes = n as usize;
+        }
+        t.finish();
+    }
     let defaults = PoolSettings::default();
     let pool = match root.table("pool") {
         Some(mut t) => read_pool(&mut t, &defaults),
@@ -373,6 +419,7 @@ fn read_root(root: &mut Table<'_, '_>) -> Option<Config> {
         worker_threads,
         limits,
         pool,
+        prepare,
         databases,
         users,
     })

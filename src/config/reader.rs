@@ -141,6 +141,18 @@ impl<'a, 's> Table<'a, 's> {
         }
     }
 
+    /// A boolean.
+    pub fn bool(&mut self, key: &str) -> Option<bool> {
+        let v = self.get(key)?;
+        match v.get_ref().as_bool() {
+            Some(b) => Some(b),
+            None => {
+                self.type_error(key, v, "a boolean");
+                None
+            }
+        }
+    }
+
     /// A humantime duration string such as `"30s"` or `"5m"`.
     pub fn duration(&mut self, key: &str) -> Option<Duration> {
         let s = self.string(key)?;

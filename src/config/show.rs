@@ -64,6 +64,14 @@ pub fn render(cfg: &Config) -> String {
         humantime::format_duration(cfg.limits.auth_timeout).to_string(),
         humantime::format_duration(cfg.limits.shutdown_timeout).to_string()
     );
+    let _ = writeln!(
+        out,
+        "[prepare]\nauto = {}\nthreshold = {}\nwindow = {:?}\nmax_shapes = {}\n",
+        cfg.prepare.auto,
+        cfg.prepare.threshold,
+        humantime::format_duration(cfg.prepare.window).to_string(),
+        cfg.prepare.max_shapes
+    );
     out.push_str("[pool]\n");
     pool(&mut out, &cfg.pool);
     for db in &cfg.databases {

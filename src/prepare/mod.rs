@@ -5,8 +5,10 @@
 //! connection remembers which server statements it holds, in LRU order, and the session
 //! re-`Parse`s transparently on a connection that lacks one.
 
+pub mod auto;
 pub mod registry;
 pub mod server_set;
 
+pub use auto::AutoPrepare;
 pub use registry::{ServerStatement, StatementKey, StatementRegistry};
 pub use server_set::PreparedSet;

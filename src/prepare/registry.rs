@@ -18,6 +18,9 @@ pub struct StatementKey {
     pub param_types: Bytes,
     /// The client's `search_path` setting (SQL text) when it set one.
     pub search_path: Option<Arc<str>>,
+    /// 0 for statements a client named; the auto-prepare epoch for the others, so a
+    /// schema change gives them fresh server statements.
+    pub generation: u64,
 }
 
 /// A statement prepared on server connections under a sluice-chosen name.
@@ -97,6 +100,7 @@ mod tests {
             query: Bytes::from(q.to_owned()),
             param_types: Bytes::from_static(&[0, 0]),
             search_path: sp.map(Arc::from),
+            generation: 0,
         }
     }
 

@@ -46,12 +46,14 @@ pub struct StatementInfo {
     pub pin: Option<&'static str>,
     /// Set when the whole query is one statement sluice answers itself.
     pub local: Option<Local>,
+    /// Changes the schema (ALTER/CREATE/DROP): prepared plans may go stale.
+    pub ddl: bool,
 }
 
 impl StatementInfo {
     /// True when nothing about the query needs the session's attention.
     pub fn is_plain(&self) -> bool {
-        self.effects.is_empty() && self.pin.is_none() && self.local.is_none()
+        self.effects.is_empty() && self.pin.is_none() && self.local.is_none() && !self.ddl
     }
 }
 
@@ -171,6 +173,9 @@ pub fn analyze(sql: &[u8]) -> StatementInfo {
 
 fn statement(src: &str, t: &[Token], single: bool, info: &mut StatementInfo) {
     let word = |i: usize, w: &str| t.get(i).is_some_and(|tok| tok.is(src, w));
+    if word(0, "alter") || word(0, "create") || word(0, "drop") {
+        info.ddl = true;
+    }
     if word(0, "set") {
         set(src, t, info);
     } else if word(0, "reset") {
@@ -471,6 +476,8 @@ mod tests {
         );
         assert!(analyze(b"SELECT abalance FROM pgbench_accounts WHERE aid = 5").is_plain());
         assert!(analyze(b"/* set x = 1 */ SELECT 1").is_plain());
+        assert!(analyze(b"ALTER TABLE t ADD COLUMN c int").ddl);
+        assert!(!analyze(b"SELECT 'alter'").ddl);
         assert!(!needs_analysis(
             b"SELECT abalance FROM pgbench_accounts WHERE aid = 5;\n"
         ));

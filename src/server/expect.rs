@@ -137,6 +137,11 @@ impl ExpectQueue {
         self.q.front_mut()
     }
 
+    /// The last entry.
+    pub fn back_mut(&mut self) -> Option<&mut Expect> {
+        self.q.back_mut()
+    }
+
     /// Removes the head entry.
     pub fn pop(&mut self) -> Option<Expect> {
         let e = self.q.pop_front()?;

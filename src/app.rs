@@ -65,6 +65,13 @@ impl Proxy {
         self.shared.metrics.clone()
     }
 
+    /// A handle to the statement-shape statistics.
+    pub fn top_shapes(&self) -> TopShapes {
+        TopShapes {
+            shared: self.shared.clone(),
+        }
+    }
+
     /// A handle that reloads the config file.
     pub fn reloader(&self) -> Reloader {
         Reloader {
@@ -94,6 +101,19 @@ impl Proxy {
         for pool in sh.pools.all() {
             pool.retire();
         }
+    }
+}
+
+/// Read access to the auto-prepare shape statistics (for tests and the HTTP views).
+#[derive(Clone)]
+pub struct TopShapes {
+    shared: Arc<Shared>,
+}
+
+impl TopShapes {
+    /// The `n` most executed shapes.
+    pub fn top(&self, n: usize) -> Vec<crate::prepare::auto::ShapeStats> {
+        self.shared.auto.top(n)
     }
 }
 

@@ -35,4 +35,4 @@ pub mod shutdown;
 
 mod app;
 
-pub use app::{run, Proxy, Reloader};
+pub use app::{run, Proxy, Reloader, TopShapes};

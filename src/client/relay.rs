@@ -293,6 +293,9 @@ impl Session {
             Some(r) => self.retry_buf = r.frames,
             None => {}
         }
+        if let Some((stmt, started)) = self.timing.take() {
+            stmt.record(started.elapsed());
+        }
         if after == TxStatus::Idle && self.saw_ddl {
             // The schema may have changed: auto-prepared statements start afresh.
             self.saw_ddl = false;

@@ -97,6 +97,7 @@ pub async fn run(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
         retry: None,
         retry_buf: BytesMut::new(),
         resend: false,
+        timing: None,
     };
     tracing::debug!(%peer, user = %session.identity.user, database = %database.name, "client connected");
     shared.hot.clients_idle.inc();
@@ -294,6 +295,8 @@ pub(super) struct Session {
     pub(super) retry_buf: BytesMut,
     /// A stale plan was detected: replay the batch after relaying.
     pub(super) resend: bool,
+    /// The server statement bound first in the request in flight, and when.
+    pub(super) timing: Option<(Arc<crate::prepare::ServerStatement>, Instant)>,
 }
 
 /// A batch kept for one replay.

@@ -419,6 +419,9 @@ impl Session {
                                     .inc();
                             }
                             write_bind(body, &bind, &stmt.name);
+                            if self.timing.is_none() {
+                                self.timing = Some((stmt.clone(), std::time::Instant::now()));
+                            }
                             if stmt.info.ddl {
                                 self.saw_ddl = true;
                             }

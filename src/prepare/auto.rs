@@ -77,6 +77,8 @@ pub struct ShapeStats {
     pub executions: u64,
     /// Whether it is prepared on the server.
     pub prepared: bool,
+    /// Total time of the executions timed since it was prepared (bind to ReadyForQuery).
+    pub total_time: std::time::Duration,
 }
 
 /// The shape table.
@@ -210,6 +212,11 @@ impl AutoPrepare {
                 query: String::from_utf8_lossy(&s.query).into_owned(),
                 executions: s.executions,
                 prepared: s.statement.is_some(),
+                total_time: std::time::Duration::from_nanos(
+                    s.statement
+                        .as_ref()
+                        .map_or(0, |st| st.total_nanos.load(Ordering::Relaxed)),
+                ),
             })
             .collect();
         all.sort_by_key(|s| std::cmp::Reverse(s.executions));

@@ -36,6 +36,19 @@ pub struct ServerStatement {
     pub info: StatementInfo,
     /// The key.
     pub key: StatementKey,
+    /// Executions timed through sluice (bind to ReadyForQuery).
+    pub executions: AtomicU64,
+    /// Their total time in nanoseconds.
+    pub total_nanos: AtomicU64,
+}
+
+impl ServerStatement {
+    /// Records one execution.
+    pub fn record(&self, elapsed: std::time::Duration) {
+        self.executions.fetch_add(1, Ordering::Relaxed);
+        self.total_nanos
+            .fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
+    }
 }
 
 /// Shared statements, alive while any client maps a name to them.
@@ -71,6 +84,8 @@ impl StatementRegistry {
             parse: parse.freeze(),
             info: info(),
             key: key.clone(),
+            executions: AtomicU64::new(0),
+            total_nanos: AtomicU64::new(0),
         });
         if map.len() > 1024 && map.len().is_power_of_two() {
             map.retain(|_, w| w.strong_count() > 0);

@@ -263,6 +263,7 @@ pub struct Sluice {
     shutdown: Shutdown,
     thread: Option<std::thread::JoinHandle<()>>,
     pub metrics: std::sync::Arc<sluice::metrics::Metrics>,
+    top: sluice::TopShapes,
 }
 
 impl Sluice {
@@ -277,18 +278,29 @@ impl Sluice {
                 .expect("runtime");
             rt.block_on(async move {
                 let proxy = sluice::Proxy::bind(cfg, None).await.expect("bind");
-                tx.send((proxy.local_addr, proxy.shutdown(), proxy.metrics()))
-                    .expect("send addr");
+                tx.send((
+                    proxy.local_addr,
+                    proxy.shutdown(),
+                    proxy.metrics(),
+                    proxy.top_shapes(),
+                ))
+                .expect("send addr");
                 proxy.serve().await;
             });
         });
-        let (addr, shutdown, metrics) = rx.recv().expect("sluice started");
+        let (addr, shutdown, metrics, top) = rx.recv().expect("sluice started");
         Sluice {
             addr,
             shutdown,
             thread: Some(thread),
             metrics,
+            top,
         }
+    }
+
+    /// The most executed statement shapes.
+    pub fn top_shapes(&self) -> Vec<sluice::prepare::auto::ShapeStats> {
+        self.top.top(20)
     }
 
     /// A connection string for tokio-postgres.

@@ -131,16 +131,20 @@ impl Cluster {
         );
         append_as_pg(&data.join("postgresql.conf"), &conf);
         // The watchdog shell stops and removes the cluster when our stdin closes, i.e.
-        // when this test process exits for any reason.
+        // when this test process exits for any reason. It stops the cluster through
+        // pg_ctl: a signal to the background job would reach `runuser`, not postgres.
         let postgres = bin.join("postgres");
+        let pg_ctl = bin.join("pg_ctl");
+        let run = if is_root() {
+            "runuser -u postgres --"
+        } else {
+            ""
+        };
         let script = format!(
-            "{run} {pg} -D {data} & pid=$!; read _; kill -INT $pid; wait $pid; rm -rf {dir}",
-            run = if is_root() {
-                "runuser -u postgres --"
-            } else {
-                ""
-            },
+            "{run} {pg} -D {data} & read _; {run} {ctl} -D {data} stop -m immediate -w >/dev/null 2>&1; \
+             wait; rm -rf {dir}",
             pg = postgres.display(),
+            ctl = pg_ctl.display(),
             data = data.display(),
             dir = dir.display()
         );

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use std::io::Write;
 
-use support::{cluster, config, connect, msg, raw_login, read_until_ready, Sluice};
+use support::{cluster, config, connect, msg, raw_login, read_until_ready, show, Sluice};
 
 fn app_url(s: &Sluice) -> String {
     s.url("alice", "alice_pw", "appdb")
@@ -187,28 +187,12 @@ async fn set_follows_its_client_and_never_leaks() {
         .await
         .expect("custom guc");
     for _ in 0..5 {
-        let an: String = a
-            .query_one("SHOW application_name", &[])
-            .await
-            .expect("show")
-            .get(0);
-        let bn: String = b
-            .query_one("SHOW application_name", &[])
-            .await
-            .expect("show")
-            .get(0);
+        let an = show(&a, "application_name").await;
+        let bn = show(&b, "application_name").await;
         assert_eq!((an.as_str(), bn.as_str()), ("client_a", "client_b"));
-        let bt: String = b
-            .query_one("SHOW statement_timeout", &[])
-            .await
-            .expect("show")
-            .get(0);
+        let bt = show(&b, "statement_timeout").await;
         assert_eq!(bt, "0");
-        let at: String = a
-            .query_one("SHOW statement_timeout", &[])
-            .await
-            .expect("show")
-            .get(0);
+        let at = show(&a, "statement_timeout").await;
         assert_eq!(at, "7s");
         let tenant: String = a
             .query_one("SELECT current_setting('app.tenant')", &[])
@@ -230,39 +214,19 @@ async fn set_follows_its_client_and_never_leaks() {
     a.batch_execute("BEGIN; SET application_name = 'rolled_back'; ROLLBACK")
         .await
         .expect("rollback");
-    let an: String = a
-        .query_one("SHOW application_name", &[])
-        .await
-        .expect("show")
-        .get(0);
+    let an = show(&a, "application_name").await;
     assert_eq!(an, "client_a");
-    let at: String = a
-        .query_one("SHOW statement_timeout", &[])
-        .await
-        .expect("show")
-        .get(0);
+    let at = show(&a, "statement_timeout").await;
     assert_eq!(at, "7s");
     a.batch_execute("BEGIN; SET application_name = 'committed'; COMMIT")
         .await
         .expect("commit");
-    let bn: String = b
-        .query_one("SHOW application_name", &[])
-        .await
-        .expect("show")
-        .get(0);
+    let bn = show(&b, "application_name").await;
     assert_eq!(bn, "client_b");
-    let an: String = a
-        .query_one("SHOW application_name", &[])
-        .await
-        .expect("show")
-        .get(0);
+    let an = show(&a, "application_name").await;
     assert_eq!(an, "committed");
     a.batch_execute("RESET ALL").await.expect("reset");
-    let at: String = a
-        .query_one("SHOW statement_timeout", &[])
-        .await
-        .expect("show")
-        .get(0);
+    let at = show(&a, "statement_timeout").await;
     assert_eq!(at, "0");
 }
 
@@ -280,11 +244,7 @@ async fn deallocate_and_discard_all() {
         .await
         .expect("set");
     c.batch_execute("DISCARD ALL").await.expect("discard");
-    let an: String = c
-        .query_one("SHOW application_name", &[])
-        .await
-        .expect("show")
-        .get(0);
+    let an = show(&c, "application_name").await;
     assert_ne!(an, "x");
     let err = c
         .batch_execute("DEALLOCATE nope")
@@ -342,11 +302,7 @@ async fn session_mode_keeps_one_connection() {
     drop(c);
     tokio::time::sleep(Duration::from_millis(50)).await;
     let c = connect(&app_url(&s)).await;
-    let an: String = c
-        .query_one("SHOW application_name", &[])
-        .await
-        .expect("show")
-        .get(0);
+    let an = show(&c, "application_name").await;
     assert_ne!(
         an, "sess",
         "server_reset_query must have reset the previous session"

@@ -379,19 +379,7 @@ impl Session {
             frames.push(bytes.slice(pos..pos + h.total));
             pos += h.total;
         }
-        let mut front = std::mem::take(&mut self.sout);
-        let mut body = std::mem::take(&mut self.sbody);
-        front.clear();
-        body.clear();
-        let result = match self.translate(&frames, &mut front, &mut body, false) {
-            Ok(()) => self.write_server(&front, &body).await,
-            Err(e) => Err(e),
-        };
-        front.clear();
-        body.clear();
-        self.sout = front;
-        self.sbody = body;
-        result
+        self.translate_and_send(&frames, false).await
     }
 
     fn desync(&mut self, what: &str, got: Option<Expect>) -> Result<Action, Error> {

@@ -198,12 +198,21 @@ impl Session {
         if !self.ensure_server(sync).await? {
             return Ok(());
         }
+        self.translate_and_send(frames, true).await
+    }
+
+    /// Rewrites `frames` for the attached server and sends them, reusing the session's
+    /// output buffers.
+    pub(super) async fn translate_and_send(
+        &mut self,
+        frames: &[Bytes],
+        allow_retry: bool,
+    ) -> Result<(), Error> {
         let mut front = std::mem::take(&mut self.sout);
         let mut body = std::mem::take(&mut self.sbody);
         front.clear();
         body.clear();
-        let result = self.translate(frames, &mut front, &mut body, true);
-        let sent = match result {
+        let result = match self.translate(frames, &mut front, &mut body, allow_retry) {
             Ok(()) => self.write_server(&front, &body).await,
             Err(e) => Err(e),
         };
@@ -211,7 +220,7 @@ impl Session {
         body.clear();
         self.sout = front;
         self.sbody = body;
-        sent
+        result
     }
 
     /// A batch of only Close and Sync while idle: answered without a server.

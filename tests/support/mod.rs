@@ -465,3 +465,11 @@ pub fn read_until_ready(c: &mut std::net::TcpStream) -> Vec<(u8, Vec<u8>)> {
         }
     }
 }
+
+/// The value of a setting as the client sees it.
+pub async fn show(c: &tokio_postgres::Client, name: &str) -> String {
+    c.query_one(&format!("SHOW {name}"), &[])
+        .await
+        .unwrap_or_else(|e| panic!("SHOW {name}: {e}"))
+        .get(0)
+}

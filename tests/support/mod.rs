@@ -122,64 +122,22 @@ impl Cluster {
             MD5_USER.0
         );
         write_as_pg(&data.join("pg_hba.conf"), &hba);
-        let port = free_port();
-        let conf = format!(
-            "listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{}'\nfsync = off\n\
-             synchronous_commit = off\nfull_page_writes = off\nmax_connections = 200\nshared_buffers = 64MB\n\
-             log_min_messages = warning\nshared_preload_libraries = 'pg_stat_statements'\n",
-            dir.display()
-        );
-        append_as_pg(&data.join("postgresql.conf"), &conf);
-        // The watchdog shell stops and removes the cluster when our stdin closes, i.e.
-        // when this test process exits for any reason. It stops the cluster through
-        // pg_ctl: a signal to the background job would reach `runuser`, not postgres.
-        let postgres = bin.join("postgres");
-        let pg_ctl = bin.join("pg_ctl");
-        let run = if is_root() {
-            "runuser -u postgres --"
-        } else {
-            ""
+        // A port from free_port() can be taken by someone else before postgres binds it:
+        // retry with another port when postgres exits, rather than wait in vain.
+        let mut attempt = 0;
+        let c = loop {
+            attempt += 1;
+            let port = free_port();
+            match Self::launch(&bin, &dir, &data, port) {
+                Ok(c) => break c,
+                Err(log) if attempt < 4 => {
+                    eprintln!("postgres did not start on port {port}, retrying: {log}")
+                }
+                Err(log) => {
+                    panic!("postgres did not start after {attempt} attempts; last log:\n{log}")
+                }
+            }
         };
-        let script = format!(
-            "{run} {pg} -D {data} & read _; {run} {ctl} -D {data} stop -m immediate -w >/dev/null 2>&1; \
-             wait; rm -rf {dir}",
-            pg = postgres.display(),
-            ctl = pg_ctl.display(),
-            data = data.display(),
-            dir = dir.display()
-        );
-        let watchdog = Command::new("sh")
-            .args(["-c", &script])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start postgres");
-        let c = Cluster {
-            port,
-            dir,
-            _watchdog: watchdog,
-        };
-        let isready = bin.join("pg_isready");
-        wait_until(
-            "postgres to accept connections",
-            Duration::from_secs(60),
-            || {
-                Command::new(&isready)
-                    .args([
-                        "-h",
-                        "127.0.0.1",
-                        "-p",
-                        &port.to_string(),
-                        "-U",
-                        "postgres",
-                        "-q",
-                    ])
-                    .status()
-                    .map(|s| s.success())
-                    .unwrap_or(false)
-            },
-        );
         c.psql(&format!(
             "CREATE ROLE {a} LOGIN PASSWORD '{ap}' SUPERUSER; \
              SET password_encryption = 'md5'; CREATE ROLE {m} LOGIN PASSWORD '{mp}'; \
@@ -200,6 +158,86 @@ impl Cluster {
             "CREATE EXTENSION pg_stat_statements; GRANT ALL ON SCHEMA public TO PUBLIC;",
         );
         c
+    }
+
+    /// Starts postgres on `port` under a watchdog; on failure returns the log tail.
+    fn launch(bin: &Path, dir: &Path, data: &Path, port: u16) -> Result<Cluster, String> {
+        let conf = format!(
+            "listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{}'\nfsync = off\n\
+             synchronous_commit = off\nfull_page_writes = off\nmax_connections = 200\nshared_buffers = 64MB\n\
+             log_min_messages = warning\nshared_preload_libraries = 'pg_stat_statements'\n",
+            dir.display()
+        );
+        // Later settings win, so each attempt's port overrides the previous one.
+        append_as_pg(&data.join("postgresql.conf"), &conf);
+        let log = dir.join(format!("postgres-{port}.log"));
+        // The watchdog shell stops and removes the cluster when our stdin closes, i.e.
+        // when this test process exits for any reason. It stops the cluster through
+        // pg_ctl: a signal to the background job would reach `runuser`, not postgres.
+        let run = if is_root() {
+            "runuser -u postgres --"
+        } else {
+            ""
+        };
+        let script = format!(
+            "{run} {pg} -D {data} >{log} 2>&1 & read _; {run} {ctl} -D {data} stop -m immediate -w >/dev/null 2>&1; \
+             wait; rm -rf {dir}",
+            pg = bin.join("postgres").display(),
+            ctl = bin.join("pg_ctl").display(),
+            data = data.display(),
+            log = log.display(),
+            dir = dir.display()
+        );
+        let mut watchdog = Command::new("sh")
+            .args(["-c", &script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("spawn: {e}"))?;
+        let isready = bin.join("pg_isready");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut pause = Duration::from_millis(5);
+        loop {
+            let ready = Command::new(&isready)
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port.to_string(),
+                    "-U",
+                    "postgres",
+                    "-q",
+                ])
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            if ready {
+                return Ok(Cluster {
+                    port,
+                    dir: dir.to_path_buf(),
+                    _watchdog: watchdog,
+                });
+            }
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let died = text.contains("could not create any TCP/IP sockets")
+                || text.contains("Address already in use");
+            if died || Instant::now() > deadline {
+                // Kill the watchdog without letting it remove the data directory (a retry
+                // reuses it), and stop whatever postgres did start.
+                let _ = watchdog.kill();
+                let _ = watchdog.wait();
+                let _ = as_pg_user(&bin.join("pg_ctl"))
+                    .args(["-D"])
+                    .arg(data)
+                    .args(["stop", "-m", "immediate", "-w"])
+                    .output();
+                let tail: Vec<&str> = text.lines().rev().take(20).collect();
+                return Err(tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(100));
+        }
     }
 
     /// Runs SQL as the superuser in `postgres`.
@@ -257,8 +295,21 @@ fn append_as_pg(path: &Path, text: &str) {
 
 /// The cluster shared by every test in this binary.
 pub fn cluster() -> &'static Cluster {
-    static C: OnceLock<Cluster> = OnceLock::new();
-    C.get_or_init(Cluster::start)
+    // A failed start is remembered, so every test fails at once with its reason instead
+    // of each one trying (and waiting) again.
+    static C: OnceLock<Result<Cluster, String>> = OnceLock::new();
+    let c = C.get_or_init(|| {
+        std::panic::catch_unwind(Cluster::start).map_err(|e| {
+            e.downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default()
+        })
+    });
+    match c {
+        Ok(c) => c,
+        Err(e) => panic!("the test cluster failed to start: {e}"),
+    }
 }
 
 /// A sluice running in-process on its own thread and runtime.

@@ -35,6 +35,7 @@ PGDATA_DIR=""
 PG_PORT=""
 PG_SUPERUSER=""
 SLUICE_PORT=""
+HTTP_PORT=""
 SLUICE_PID=""
 SLUICE_LOG=""
 SLUICE_CONFIG=""
@@ -278,10 +279,12 @@ create_app_db() {
 write_config() {
     # 6432 is the conventional pooler port; use it if it is free.
     SLUICE_PORT="$(pick_port 6432 6433 6434 6435 6436)"
+    HTTP_PORT="$(pick_port 9930 9931 9932 9933 9934)"
     cat >"$SLUICE_CONFIG" <<EOF
 # Written by deploy/quickstart.sh; see the README for all options.
 [listen]
 postgres = "127.0.0.1:$SLUICE_PORT"
+http = "127.0.0.1:$HTTP_PORT"
 
 [pool]
 mode = "transaction"
@@ -368,6 +371,7 @@ summary() {
     DATABASE_URL=postgresql://$APP_USER:$APP_PASSWORD@127.0.0.1:$SLUICE_PORT/$APP_DB
 
     Try:      psql "postgresql://$APP_USER:$APP_PASSWORD@127.0.0.1:$SLUICE_PORT/$APP_DB"
+    Metrics:  http://127.0.0.1:$HTTP_PORT/metrics   (also /health, /ready, /pools)
     Config:   $SLUICE_CONFIG
     Logs:     $SLUICE_LOG   (sluice)
               $WORKDIR/postgres.log   (postgres)

@@ -22,6 +22,9 @@ use crate::shutdown::Shutdown;
 pub struct Proxy {
     shared: Arc<Shared>,
     listener: Option<TcpListener>,
+    http: Option<TcpListener>,
+    /// Where the HTTP listener is bound.
+    pub http_addr: SocketAddr,
     /// Where the Postgres listener is bound (useful with port 0).
     pub local_addr: SocketAddr,
     config_path: Option<PathBuf>,
@@ -32,6 +35,8 @@ impl Proxy {
     pub async fn bind(config: Config, config_path: Option<PathBuf>) -> std::io::Result<Self> {
         let listener = TcpListener::bind(config.listen_postgres).await?;
         let local_addr = listener.local_addr()?;
+        let http = TcpListener::bind(config.listen_http).await?;
+        let http_addr = http.local_addr()?;
         let metrics = Arc::new(Metrics::new());
         let params = ParamInterner::new();
         let pools = Arc::new(Pools::new(metrics.clone(), params.empty()));
@@ -50,6 +55,8 @@ impl Proxy {
         Ok(Self {
             shared,
             listener: Some(listener),
+            http: Some(http),
+            http_addr,
             local_addr,
             config_path,
         })
@@ -88,6 +95,10 @@ impl Proxy {
         let sh = self.shared.clone();
         tokio::spawn(reaper(sh.pools.clone(), sh.shutdown.clone()));
         tokio::spawn(decay_shapes(sh.clone()));
+        if let Some(http) = self.http.take() {
+            tracing::info!(addr = %self.http_addr, "HTTP listening");
+            tokio::spawn(crate::http::serve(sh.clone(), http));
+        }
         tracing::info!(addr = %self.local_addr, "sluice listening");
         listen(sh.clone(), listener).await;
         let timeout = sh.config.load().limits.shutdown_timeout;

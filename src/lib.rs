@@ -11,6 +11,7 @@
 //! - [`pool`]: pools per (database, user, upstream) with a fair wait queue and a reaper.
 //! - [`prepare`]: client statement names mapped to shared server statements.
 //! - [`router`]: a SQL lexer and the statement facts the proxy acts on.
+//! - [`http`]: `/metrics`, `/health`, `/ready` and admin views on `[listen] http`.
 //! - [`metrics`]: every metric, defined once.
 //! - [`error`]: the error hierarchy and its SQLSTATE mapping.
 //! - [`shutdown`]: cancellation and task tracking for graceful shutdown.
@@ -25,6 +26,7 @@ pub mod auth;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod http;
 pub mod metrics;
 pub mod pool;
 pub mod prepare;

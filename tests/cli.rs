@@ -101,8 +101,11 @@ fn url(port: u16) -> String {
 async fn sighup_reloads_pool_size_without_dropping_clients() {
     let dir = tmpdir("hup");
     let port = free_port();
-    let base = config(cluster(), 1, "checkout_timeout = \"300ms\"")
-        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    let base = config(cluster(), 1, "checkout_timeout = \"300ms\"").replacen(
+        "127.0.0.1:0",
+        &format!("127.0.0.1:{port}"),
+        1,
+    );
     let path = write_config(&dir, &base);
     let p = start(&path, port);
     let holder = connect(&url(port)).await;
@@ -145,7 +148,7 @@ async fn sighup_reloads_pool_size_without_dropping_clients() {
 async fn sigterm_lets_running_transactions_finish() {
     let dir = tmpdir("term");
     let port = free_port();
-    let cfg = config(cluster(), 2, "").replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    let cfg = config(cluster(), 2, "").replacen("127.0.0.1:0", &format!("127.0.0.1:{port}"), 1);
     let path = write_config(
         &dir,
         &cfg.replace("[pool]", "[limits]\nshutdown_timeout = \"10s\"\n\n[pool]"),

@@ -522,6 +522,7 @@ write_sluice_config() {
         cat <<EOF
 [listen]
 postgres = "127.0.0.1:${SLUICE_PORTS[$v]}"
+http = "127.0.0.1:0"
 
 [pool]
 mode = "transaction"

@@ -647,13 +647,17 @@ impl Session {
             return Err(Error::ServerLost(e));
         }
         if outstanding > 0 {
+            // Every request still waiting for a ReadyForQuery gets one (requests queued
+            // after the failure, such as a driver's Close of the failed statement, too),
+            // each after an error, unless the server's own error was already relayed.
+            let err = Error::ServerLost(e).to_response_as(Severity::Error);
             let mut out = BytesMut::new();
-            if !self.server_fatal_sent_error() {
-                Error::ServerLost(e)
-                    .to_response_as(Severity::Error)
-                    .encode(&mut out);
+            for i in 0..outstanding {
+                if i > 0 || !self.server_fatal_sent_error() {
+                    err.encode(&mut out);
+                }
+                backend::ready_for_query(&mut out, TxStatus::Idle);
             }
-            backend::ready_for_query(&mut out, TxStatus::Idle);
             self.state.status = TxStatus::Idle;
             self.state.unit = Default::default();
             self.write_client(&out).await?;

@@ -315,6 +315,8 @@ pub fn cluster() -> &'static Cluster {
 /// A sluice running in-process on its own thread and runtime.
 pub struct Sluice {
     pub addr: SocketAddr,
+    /// The HTTP listener.
+    pub http: SocketAddr,
     shutdown: Shutdown,
     thread: Option<std::thread::JoinHandle<()>>,
     pub metrics: std::sync::Arc<sluice::metrics::Metrics>,
@@ -335,6 +337,7 @@ impl Sluice {
                 let proxy = sluice::Proxy::bind(cfg, None).await.expect("bind");
                 tx.send((
                     proxy.local_addr,
+                    proxy.http_addr,
                     proxy.shutdown(),
                     proxy.metrics(),
                     proxy.top_shapes(),
@@ -343,9 +346,10 @@ impl Sluice {
                 proxy.serve().await;
             });
         });
-        let (addr, shutdown, metrics, top) = rx.recv().expect("sluice started");
+        let (addr, http, shutdown, metrics, top) = rx.recv().expect("sluice started");
         Sluice {
             addr,
+            http,
             shutdown,
             thread: Some(thread),
             metrics,
@@ -388,6 +392,7 @@ pub fn config(cluster: &Cluster, size: usize, pool_extra: &str) -> String {
         r#"
 [listen]
 postgres = "127.0.0.1:0"
+http = "127.0.0.1:0"
 
 [pool]
 size = {size}
@@ -523,4 +528,29 @@ pub async fn show(c: &tokio_postgres::Client, name: &str) -> String {
         .await
         .unwrap_or_else(|e| panic!("SHOW {name}: {e}"))
         .get(0)
+}
+
+/// A plain HTTP/1.1 GET; returns (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(addr).expect("connect http");
+    c.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        c,
+        "GET {path} HTTP/1.1\r\nHost: sluice\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut raw = String::new();
+    c.read_to_string(&mut raw).expect("response");
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
 }

@@ -47,6 +47,16 @@ impl Session {
             self.resend = false;
             result = self.replay().await;
         }
+        if result.is_ok() && self.fatal_seen {
+            // The server ended this connection: nothing more may be sent on it, even if
+            // its EOF has not been read yet.
+            self.fatal_seen = false;
+            let e = std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "server ended the connection",
+            );
+            result = self.server_lost(e).await;
+        }
         result?;
         if self.server.is_some() && self.can_release() {
             self.release_or_discard(true);
@@ -217,6 +227,7 @@ impl Session {
         self.state.unit.error = true;
         let mut action = Action::Forward;
         if fields.is_fatal() {
+            self.fatal_seen = true;
             // The server is going away. An autocommit request can be failed without
             // ending the client: relay it as ERROR and answer ReadyForQuery on EOF.
             let autocommit = self.state.status == TxStatus::Idle

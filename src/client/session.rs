@@ -91,6 +91,7 @@ pub async fn run(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
         discard_until_sync: false,
         passthrough: 0,
         server_fatal: false,
+        fatal_seen: false,
         cancel: slot,
         identity,
         saw_ddl: false,
@@ -285,6 +286,8 @@ pub(super) struct Session {
     pub(super) passthrough: usize,
     /// The server sent FATAL for an autocommit request; it was relayed as ERROR.
     pub(super) server_fatal: bool,
+    /// The server sent FATAL: the connection is dropped once the relay is done.
+    pub(super) fatal_seen: bool,
     pub(super) cancel: Arc<Slot>,
     pub(super) identity: Identity,
     /// A statement that changes the schema was sent in the current transaction.
@@ -632,7 +635,7 @@ impl Session {
     }
 
     /// The server connection broke while attached.
-    async fn server_lost(&mut self, e: std::io::Error) -> Result<(), Error> {
+    pub(super) async fn server_lost(&mut self, e: std::io::Error) -> Result<(), Error> {
         tracing::info!(client = self.id, error = %e, "server connection lost");
         let autocommit = self.server_fatal
             || (self.state.status == TxStatus::Idle

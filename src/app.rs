@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::pool::{reaper, Pools};
 use crate::prepare::StatementRegistry;
+use crate::router::{Classifier, Routers};
 use crate::server::params::ParamInterner;
 use crate::shutdown::Shutdown;
 
@@ -40,7 +41,12 @@ impl Proxy {
         let metrics = Arc::new(Metrics::new());
         let params = ParamInterner::new();
         let pools = Arc::new(Pools::new(metrics.clone(), params.empty()));
+        let shutdown = Shutdown::new();
+        let routers = Routers::new(shutdown.child_token());
+        routers.reconcile(&config, &metrics, &params.empty());
         let shared = Arc::new(Shared {
+            routers,
+            classifier: Classifier::new(10_000),
             config: ArcSwap::from_pointee(config),
             pools,
             hot: metrics.hot(),
@@ -49,7 +55,7 @@ impl Proxy {
             auto: crate::prepare::AutoPrepare::new(),
             params,
             cancels: CancelRegistry::new(),
-            shutdown: Shutdown::new(),
+            shutdown,
             db_clients: Mutex::new(HashMap::new()),
         });
         Ok(Self {
@@ -178,6 +184,9 @@ impl Reloader {
             return Ok("no changes".into());
         }
         self.shared.pools.reconfigure(&new);
+        self.shared
+            .routers
+            .reconcile(&new, &self.shared.metrics, &self.shared.params.empty());
         self.shared.config.store(Arc::new(new));
         Ok("applied".into())
     }

@@ -59,6 +59,23 @@ pub enum Error {
         /// What happened.
         reason: String,
     },
+    /// A write (or read-write transaction) while the primary cannot be reached; reads
+    /// keep going to replicas.
+    #[error("the primary of database \"{database}\" is unavailable: writes are refused until it returns ({reason})")]
+    PrimaryUnavailable {
+        /// Database name.
+        database: String,
+        /// The connect failure.
+        reason: String,
+    },
+    /// A read with no eligible replica under `routing.fallback = "error"`.
+    #[error("no replica of database \"{database}\" can serve this read ({reason}) and routing.fallback is \"error\"")]
+    NoReplica {
+        /// Database name.
+        database: String,
+        /// Why (`lag`, `consistency`, `unavailable`).
+        reason: &'static str,
+    },
     /// The server connection broke while serving the client.
     #[error("server connection lost: {0}")]
     ServerLost(#[source] io::Error),
@@ -97,6 +114,9 @@ impl Error {
             }
             Error::ServerConnect { .. } => SqlState::CANNOT_CONNECT,
             Error::ServerLost(_) | Error::ServerProtocol(_) => SqlState::CONNECTION_FAILURE,
+            Error::PrimaryUnavailable { .. } | Error::NoReplica { .. } => {
+                SqlState::CONNECTION_FAILURE
+            }
             Error::Shutdown => SqlState::ADMIN_SHUTDOWN,
             Error::ClientIo(_) => SqlState::CONNECTION_FAILURE,
         }
@@ -107,6 +127,8 @@ impl Error {
         match self {
             Error::CheckoutTimeout { .. }
             | Error::ServerConnect { .. }
+            | Error::PrimaryUnavailable { .. }
+            | Error::NoReplica { .. }
             | Error::SessionStateRefused(_)
             | Error::ServerLost(_)
             | Error::ServerProtocol(_) => Severity::Error,
@@ -124,6 +146,8 @@ impl Error {
             Error::CheckoutTimeout { .. } => "checkout_timeout",
             Error::ServerConnect { .. } => "server_connect",
             Error::ServerLost(_) | Error::ServerProtocol(_) => "server_lost",
+            Error::PrimaryUnavailable { .. } => "primary_unavailable",
+            Error::NoReplica { .. } => "no_replica",
             Error::SessionStateRefused(_) => "session_state",
             Error::Shutdown => "shutdown",
             Error::ClientIo(_) => "client_io",
@@ -181,6 +205,20 @@ mod tests {
                 "08006",
             ),
             (Error::Shutdown, "57P01"),
+            (
+                Error::PrimaryUnavailable {
+                    database: "d".into(),
+                    reason: "r".into(),
+                },
+                "08006",
+            ),
+            (
+                Error::NoReplica {
+                    database: "d".into(),
+                    reason: "lag",
+                },
+                "08006",
+            ),
             (Error::SessionStateRefused("LISTEN"), "0A000"),
         ];
         for (e, code) in cases {

@@ -3,7 +3,7 @@
 //! Hot paths hold pre-resolved handles ([`PoolMetrics`]), so recording never allocates.
 
 use prometheus::{
-    exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    exponential_buckets, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
     IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -43,6 +43,18 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     /// Build information (constant 1).
     pub build_info: IntGaugeVec,
+    /// Routing decisions by database, target (`primary`, `replica`) and reason.
+    pub route_decisions: IntCounterVec,
+    /// Replica time lag (upper bound used for routing), by database and replica.
+    pub replica_lag_seconds: GaugeVec,
+    /// Replica byte lag, by database and replica.
+    pub replica_lag_bytes: IntGaugeVec,
+    /// 1 when a replica is usable (probed, in recovery, fresh), by database and replica.
+    pub replica_available: IntGaugeVec,
+    /// 1 when the primary answered its last probe, by database.
+    pub primary_available: IntGaugeVec,
+    /// Lag probes by database, server role and result.
+    pub lag_probes: IntCounterVec,
 }
 
 /// Handles used on every request, resolved once.
@@ -218,6 +230,49 @@ impl Metrics {
                 &["result"],
             ),
             build_info: gauge_vec(&r, "sluice_build_info", "Build information.", &["version"]),
+            route_decisions: counter_vec(
+                &r,
+                "sluice_route_decisions_total",
+                "Where requests were sent, and why.",
+                &["database", "target", "reason"],
+            ),
+            replica_lag_seconds: {
+                let v = GaugeVec::new(
+                    Opts::new(
+                        "sluice_replica_lag_seconds",
+                        "Replica time lag as measured by sluice (upper bound).",
+                    ),
+                    &["database", "replica"],
+                )
+                .unwrap_or_else(|e| panic!("{e}"));
+                r.register(Box::new(v.clone()))
+                    .unwrap_or_else(|e| panic!("{e}"));
+                v
+            },
+            replica_lag_bytes: gauge_vec(
+                &r,
+                "sluice_replica_lag_bytes",
+                "WAL bytes the replica has not replayed.",
+                &["database", "replica"],
+            ),
+            replica_available: gauge_vec(
+                &r,
+                "sluice_replica_available",
+                "1 when the replica answers probes and is in recovery.",
+                &["database", "replica"],
+            ),
+            primary_available: gauge_vec(
+                &r,
+                "sluice_primary_available",
+                "1 when the primary answered its last probe.",
+                &["database"],
+            ),
+            lag_probes: counter_vec(
+                &r,
+                "sluice_lag_probes_total",
+                "Lag probes by server role and result.",
+                &["database", "role", "result"],
+            ),
             registry: r,
         };
         m.build_info

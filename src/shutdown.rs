@@ -38,6 +38,11 @@ impl Shutdown {
         self.token.cancelled().await
     }
 
+    /// A token cancelled when shutdown starts (for untracked background tasks).
+    pub fn child_token(&self) -> CancellationToken {
+        self.token.child_token()
+    }
+
     /// Spawns a tracked task with a name for logs.
     pub fn spawn<F>(&self, name: &'static str, fut: F)
     where

@@ -3,6 +3,7 @@
 
 pub mod cancel;
 mod relay;
+mod routing;
 mod session;
 pub mod startup;
 pub mod state;
@@ -43,6 +44,10 @@ pub struct Shared {
     pub cancels: CancelRegistry,
     /// Shutdown.
     pub shutdown: Shutdown,
+    /// Routing state of databases with replicas.
+    pub routers: crate::router::Routers,
+    /// Statement classifications by text.
+    pub classifier: crate::router::Classifier,
     /// Client connections per database (for `max_client_connections`).
     pub db_clients: Mutex<HashMap<String, usize>>,
 }

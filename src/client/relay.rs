@@ -70,6 +70,7 @@ impl Session {
         self.out.clear();
         while pos < rbuf.len() {
             if self.passthrough > 0 {
+                self.failover = None;
                 let n = self.passthrough.min(rbuf.len() - pos);
                 pos += n;
                 self.passthrough -= n;
@@ -100,10 +101,15 @@ impl Session {
                 self.out.extend_from_slice(&rbuf[run_start..pos]);
                 run_start = pos;
                 while let Some(b) = self.expect.pop_synthetic() {
-                    self.out.extend_from_slice(&b);
+                    if self.failover_visible(b.first().copied().unwrap_or(0)) {
+                        self.out.extend_from_slice(&b);
+                    }
                 }
             }
-            let action = self.on_server_frame(h.tag, &rbuf[pos..pos + h.total])?;
+            let mut action = self.on_server_frame(h.tag, &rbuf[pos..pos + h.total])?;
+            if !matches!(action, Action::Drop) && !self.failover_visible(h.tag) {
+                action = Action::Drop;
+            }
             match action {
                 Action::Forward => {}
                 Action::Drop => {
@@ -130,6 +136,35 @@ impl Session {
         };
         rbuf.advance(pos);
         result
+    }
+
+    /// Bookkeeping for a replica request that may be retried elsewhere: responses that
+    /// are the same on every server (parse, bind, describe) are counted, so a retry can
+    /// skip them; anything else ends the chance of a retry. Returns false when the frame
+    /// is a response the client already got from a failed attempt.
+    fn failover_visible(&mut self, tag: u8) -> bool {
+        if self.skip_frames > 0 {
+            self.skip_frames -= 1;
+            return false;
+        }
+        if let Some(f) = self.failover.as_mut() {
+            let same_everywhere = matches!(
+                tag,
+                tag::PARSE_COMPLETE
+                    | tag::BIND_COMPLETE
+                    | tag::CLOSE_COMPLETE
+                    | tag::PARAMETER_DESCRIPTION
+                    | tag::ROW_DESCRIPTION
+                    | tag::NO_DATA
+            );
+            if same_everywhere {
+                f.delivered += 1;
+            } else if tag != tag::NOTICE_RESPONSE {
+                // (A notice, such as a dying server's warning, is harmless to repeat.)
+                self.failover = None;
+            }
+        }
+        true
     }
 
     fn on_server_frame(&mut self, t: u8, frame: &[u8]) -> Result<Action, Error> {
@@ -206,6 +241,12 @@ impl Session {
 
     fn on_server_error(&mut self, body: &[u8]) -> Result<Action, Error> {
         let fields = parse_error_fields(body);
+        if fields.is_fatal() && self.failover.is_some() {
+            // A replica going away before answering: the read is retried elsewhere
+            // once the connection is dropped (see `retry_elsewhere`).
+            self.fatal_seen = true;
+            return Ok(Action::Drop);
+        }
         if self.retry.as_ref().is_some_and(|r| !r.armed)
             && matches!(self.expect.front(), Some(Expect::Bind))
             && (fields.code == "0A000" || fields.code == "26000")

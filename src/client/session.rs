@@ -9,7 +9,8 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use tokio::net::TcpStream;
 
-use super::cancel::{CancelOutcome, Slot, Target};
+use super::cancel::{CancelOutcome, Slot};
+use super::routing::{Deferred, Failover, UnitRoute};
 use super::startup::{authenticate, read_startup, Hello, Proven};
 use super::state::ClientState;
 use super::Shared;
@@ -23,6 +24,7 @@ use crate::protocol::frame::{complete_frame, HEADER_LEN};
 use crate::protocol::frontend::{self, FrontendTag};
 use crate::protocol::io::{read_some, write_all, write_all2};
 use crate::protocol::{ErrorResponse, Severity, SqlState};
+use crate::router::{DbRouter, Reason, RouteHint, Target};
 use crate::server::expect::ExpectQueue;
 use crate::server::params::{from_startup, sync_sql};
 use crate::server::{Login, ServerAuth, ServerConn};
@@ -53,7 +55,7 @@ pub async fn run(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
         login(&shared, &stream, &mut buf, &params),
     )
     .await;
-    let (database, pool, identity) = match login {
+    let (database, ups, identity) = match login {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => return fail(&shared, &stream, e, peer).await,
         Err(_) => return fail(&shared, &stream, Error::AuthTimeout, peer).await,
@@ -81,7 +83,17 @@ pub async fn run(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
         sout: BytesMut::new(),
         sbody: BytesMut::with_capacity(1024),
         id: pid as u64,
-        pool,
+        pool: ups.primary.clone(),
+        router: shared.routers.get(&database.name),
+        ups,
+        unit: None,
+        next: None,
+        route_override: None,
+        deferred: None,
+        write_at: None,
+        watermark_lsn: None,
+        failover: None,
+        skip_frames: 0,
         state: ClientState::new(startup),
         server: None,
         attached_at: Instant::now(),
@@ -184,7 +196,7 @@ async fn login(
     stream: &TcpStream,
     buf: &mut BytesMut,
     params: &[(String, String)],
-) -> Result<(Database, Arc<Pool>, Identity), Error> {
+) -> Result<(Database, Upstreams, Identity), Error> {
     let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     let user = get("user")
         .filter(|u| !u.is_empty())
@@ -214,8 +226,8 @@ async fn login(
             }
         },
     };
-    let pool = pool_for(shared, &db, &identity);
-    Ok((db, pool, identity))
+    let ups = upstreams_for(shared, &db, &identity);
+    Ok((db, ups, identity))
 }
 
 /// Who the client is, kept to find its pool again after a reload.
@@ -228,8 +240,38 @@ pub(super) struct Identity {
     pub(super) proven: ServerAuth,
 }
 
-/// The pool serving `identity` on `db` under the current config.
-fn pool_for(shared: &Shared, db: &Database, identity: &Identity) -> Arc<Pool> {
+/// The pools of a client's database: the primary's and each replica's.
+pub(super) struct Upstreams {
+    pub(super) primary: Arc<Pool>,
+    pub(super) replicas: Vec<Arc<Pool>>,
+}
+
+impl Upstreams {
+    fn retired(&self) -> bool {
+        self.primary.is_retired() || self.replicas.iter().any(|p| p.is_retired())
+    }
+}
+
+/// The pools serving `identity` on `db` under the current config.
+fn upstreams_for(shared: &Shared, db: &Database, identity: &Identity) -> Upstreams {
+    Upstreams {
+        primary: pool_for(shared, db, identity, &db.primary, false),
+        replicas: db
+            .replicas
+            .iter()
+            .map(|r| pool_for(shared, db, identity, r, true))
+            .collect(),
+    }
+}
+
+/// The pool serving `identity` on `db` at `addr` under the current config.
+fn pool_for(
+    shared: &Shared,
+    db: &Database,
+    identity: &Identity,
+    addr: &str,
+    replica: bool,
+) -> Arc<Pool> {
     let (server_user, auth, passthrough) = match &db.credentials {
         ServerCredentials::Fixed { user, password } => (
             user.clone(),
@@ -246,7 +288,8 @@ fn pool_for(shared: &Shared, db: &Database, identity: &Identity) -> Arc<Pool> {
     let id = PoolId {
         database: db.name.clone(),
         user: server_user,
-        addr: db.primary.clone(),
+        addr: addr.to_owned(),
+        replica,
     };
     let pool = shared.pools.get(id, &db.pool, login.clone());
     if passthrough {
@@ -271,7 +314,28 @@ pub(super) struct Session {
     pub(super) max_msg: usize,
     pub(super) mode: PoolMode,
     pub(super) policy: SessionStatePolicy,
+    /// The pool of the attached (or last attached) server connection.
     pub(super) pool: Arc<Pool>,
+    /// The database's pools.
+    pub(super) ups: Upstreams,
+    /// Routing state, for a database with replicas.
+    pub(super) router: Option<Arc<DbRouter>>,
+    /// Where the attached unit went.
+    pub(super) unit: Option<UnitRoute>,
+    /// Where the next unit goes (decided before the checkout).
+    pub(super) next: Option<(Target, Reason)>,
+    /// `SET sluice.route`.
+    pub(super) route_override: Option<RouteHint>,
+    /// A BEGIN answered locally, not yet sent.
+    pub(super) deferred: Option<Deferred>,
+    /// When this client's last write finished (read-your-writes).
+    pub(super) write_at: Option<Instant>,
+    /// The primary LSN that write is known to be included in.
+    pub(super) watermark_lsn: Option<u64>,
+    /// The current replica request, kept for a retry elsewhere.
+    pub(super) failover: Option<Failover>,
+    /// Responses of a retried request the client already has from the failed attempt.
+    pub(super) skip_frames: usize,
     pub(super) state: ClientState,
     pub(super) server: Option<Box<ServerConn>>,
     pub(super) attached_at: Instant,
@@ -319,12 +383,22 @@ enum Wake {
 impl Session {
     /// Sends AuthenticationOk, ParameterStatus, BackendKeyData and ReadyForQuery.
     async fn start(&mut self, pid: i32, secret: i32) -> Result<(), Error> {
-        let reported = match self.pool.reported_for(&self.state.params) {
+        let reported = match self.ups.primary.reported_for(&self.state.params) {
             Some(r) => r,
             None => {
-                // Learn the server's canonical values for this client's settings.
-                let conn = self.pool.checkout().await?;
-                self.attach(conn);
+                // Learn the server's canonical values for this client's settings (from
+                // a replica when the primary is down).
+                let mut conn = self.pool.checkout().await;
+                for replica in &self.ups.replicas {
+                    if conn.is_ok() {
+                        break;
+                    }
+                    if let Ok(c) = replica.checkout().await {
+                        self.pool = replica.clone();
+                        conn = Ok(c);
+                    }
+                }
+                self.attach(conn?);
                 if let Some(err) = self.sync_params().await? {
                     self.release_or_discard(false);
                     let f = parse_error_fields(&err[HEADER_LEN..]);
@@ -339,8 +413,12 @@ impl Session {
                     .as_ref()
                     .map(|s| s.reported.clone())
                     .unwrap_or_default();
-                let r = self.pool.remember_reported(&self.state.params, values);
-                if self.mode == PoolMode::Transaction {
+                let r = self
+                    .ups
+                    .primary
+                    .remember_reported(&self.state.params, values);
+                if self.mode == PoolMode::Transaction || !Arc::ptr_eq(&self.pool, &self.ups.primary)
+                {
                     self.release_or_discard(true);
                 }
                 r
@@ -451,7 +529,7 @@ impl Session {
 
     /// Attaches a checked-out server connection.
     pub(super) fn attach(&mut self, conn: Box<ServerConn>) {
-        self.cancel.attach(Target {
+        self.cancel.attach(super::cancel::Target {
             key: conn.cancel.clone(),
             mark: conn.cancel_sent.clone(),
         });
@@ -467,6 +545,7 @@ impl Session {
         };
         self.cancel.detach();
         self.shared.hot.clients_active.dec();
+        self.end_unit();
         self.expect.clear();
         self.passthrough = 0;
         self.pool.metrics.transactions.inc();
@@ -487,27 +566,65 @@ impl Session {
         if self.server.is_some() {
             return Ok(true);
         }
-        if self.pool.is_retired() {
-            // A reload moved this database (new upstream or credentials): follow it.
+        if self.ups.retired() {
+            // A reload moved this database (new upstreams or credentials): follow it.
             let cfg = self.shared.config.load_full();
             match cfg.database(&self.identity.database) {
-                Some(db) => self.pool = pool_for(&self.shared, db, &self.identity),
+                Some(db) => {
+                    self.ups = upstreams_for(&self.shared, db, &self.identity);
+                    self.router = self.shared.routers.get(&db.name);
+                }
                 None => {
+                    self.next = None;
                     let e = Error::UnknownDatabase(self.identity.database.clone());
                     self.report(&e, answers_rfq).await?;
                     return Ok(false);
                 }
             }
         }
-        self.shared.hot.clients_waiting.inc();
-        let checked = self.pool.checkout().await;
-        self.shared.hot.clients_waiting.dec();
-        match checked {
-            Ok(conn) => self.attach(conn),
-            Err(e) => {
-                self.report(&e, answers_rfq).await?;
-                return Ok(false);
+        let (mut target, mut reason) = self.next.take().unwrap_or((Target::Primary, Reason::Write));
+        loop {
+            let pool = match target {
+                Target::Replica(i) if i < self.ups.replicas.len() => self.ups.replicas[i].clone(),
+                _ => {
+                    target = Target::Primary;
+                    self.ups.primary.clone()
+                }
+            };
+            self.shared.hot.clients_waiting.inc();
+            let checked = pool.checkout().await;
+            self.shared.hot.clients_waiting.dec();
+            match checked {
+                Ok(conn) => {
+                    self.pool = pool;
+                    self.attach(conn);
+                    break;
+                }
+                Err(Error::ServerConnect { reason: why, .. }) if self.router.is_some() => {
+                    if let Target::Replica(i) = target {
+                        // The replica is down: this read goes to the primary.
+                        if let Some(r) = &self.router {
+                            r.mark_failed(i);
+                        }
+                        target = Target::Primary;
+                        reason = Reason::Unavailable;
+                        continue;
+                    }
+                    let e = Error::PrimaryUnavailable {
+                        database: self.identity.database.clone(),
+                        reason: why,
+                    };
+                    self.report(&e, answers_rfq).await?;
+                    return Ok(false);
+                }
+                Err(e) => {
+                    self.report(&e, answers_rfq).await?;
+                    return Ok(false);
+                }
             }
+        }
+        if self.router.is_some() {
+            self.begin_unit(target, reason);
         }
         match self.sync_params().await {
             Ok(None) => Ok(true),
@@ -528,7 +645,18 @@ impl Session {
                 r.map(|_| false)
             }
             Err(e) => {
+                let replica = match self.unit.as_ref().map(|u| u.target) {
+                    Some(Target::Replica(i)) => Some(i),
+                    _ => None,
+                };
                 self.release_or_discard(false);
+                if let (Some(i), Some(r)) = (replica, &self.router) {
+                    // The replica died under us before the request was sent: use the
+                    // primary instead.
+                    r.mark_failed(i);
+                    self.next = Some((Target::Primary, Reason::Unavailable));
+                    return Box::pin(self.ensure_server(answers_rfq)).await;
+                }
                 self.report(&e, answers_rfq).await?;
                 Ok(false)
             }
@@ -543,6 +671,7 @@ impl Session {
             .with_label_values(&[e.metric_label()])
             .inc();
         tracing::debug!(client = self.id, error = %e, "request failed");
+        self.skip_frames = 0;
         let mut out = BytesMut::new();
         e.to_response_as(Severity::Error).encode(&mut out);
         if answers_rfq {
@@ -637,6 +766,9 @@ impl Session {
     /// The server connection broke while attached.
     pub(super) async fn server_lost(&mut self, e: std::io::Error) -> Result<(), Error> {
         tracing::info!(client = self.id, error = %e, "server connection lost");
+        if self.retry_elsewhere(&e).await? {
+            return Ok(());
+        }
         let autocommit = self.server_fatal
             || (self.state.status == TxStatus::Idle
                 && self.expect.sync_points() <= 1

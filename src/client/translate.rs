@@ -27,17 +27,24 @@ impl Session {
             // Extended messages without Sync before a Query: send them first.
             self.flush_batch(false).await?;
         }
+        let frame = frame.freeze();
         let text = query_text(&frame)?;
         let info = analyze(text);
         if let Some(local) = &info.local {
             if self.expect.is_empty() {
-                return self.answer_local(local.clone()).await;
+                return self.answer_local(local.clone(), text).await;
             }
         }
         if !self.check_pin(info.pin, true).await? {
             return Ok(());
         }
-        if !self.ensure_server(true).await? {
+        if self.routing() && (self.server.is_none() || self.on_replica()) {
+            let facts = self.query_facts(text);
+            if self.hold_transaction(&frame, &facts).await? || !self.route(&facts, true).await? {
+                return Ok(());
+            }
+        }
+        if !self.ensure_server(true).await? || !self.send_deferred(true).await? {
             return Ok(());
         }
         if info.ddl {
@@ -48,8 +55,10 @@ impl Session {
         if let Some(server) = self.server.as_mut() {
             server.unnamed = None;
         }
+        self.keep_for_failover(std::slice::from_ref(&frame), true);
         self.expect.push(Expect::Query(info));
-        self.write_server(&[], &frame).await
+        let sent = self.write_server(&[], &frame).await;
+        self.after_send(sent).await
     }
 
     /// A FunctionCall: forwarded as its own request.
@@ -64,10 +73,11 @@ impl Session {
         self.write_server(&[], &frame).await
     }
 
-    /// Answers DEALLOCATE / DISCARD ALL without a server.
-    async fn answer_local(&mut self, local: Local) -> Result<(), Error> {
+    /// Answers DEALLOCATE / DISCARD ALL / `sluice.route` without a server.
+    async fn answer_local(&mut self, local: Local, text: &[u8]) -> Result<(), Error> {
         let mut out = BytesMut::new();
         match local {
+            Local::RouteSetting => return self.answer_route_setting(text).await,
             Local::Deallocate(name) => {
                 if self.state.statements.remove(name.as_bytes()).is_some() {
                     backend::command_complete(&mut out, "DEALLOCATE");
@@ -133,7 +143,7 @@ impl Session {
         result
     }
 
-    async fn send_frames(&mut self, frames: &[Bytes], sync: bool) -> Result<(), Error> {
+    pub(super) async fn send_frames(&mut self, frames: &[Bytes], sync: bool) -> Result<(), Error> {
         if self.discard_until_sync {
             if sync {
                 self.discard_until_sync = false;
@@ -195,10 +205,18 @@ impl Session {
         if !self.check_pin(pin, sync).await? {
             return Ok(());
         }
-        if !self.ensure_server(sync).await? {
+        if self.routing() && (self.server.is_none() || self.on_replica()) {
+            let facts = self.batch_facts(frames)?;
+            if !self.route(&facts, sync).await? {
+                return Ok(());
+            }
+        }
+        if !self.ensure_server(sync).await? || !self.send_deferred(sync).await? {
             return Ok(());
         }
-        self.translate_and_send(frames, true).await
+        self.keep_for_failover(frames, sync);
+        let sent = self.translate_and_send(frames, true).await;
+        self.after_send(sent).await
     }
 
     /// Rewrites `frames` for the attached server and sends them, reusing the session's

@@ -3,6 +3,7 @@
 //! loader, nowhere else.
 
 mod reader;
+mod routing;
 mod secret;
 mod show;
 
@@ -17,6 +18,7 @@ use toml::de::DeTable;
 use crate::auth::scram::ScramSecret;
 pub use reader::parse_size;
 use reader::{Ctx, Table};
+pub use routing::{Consistency, Fallback, LagLimits, LagSettings, RoutingSettings};
 pub use secret::Secret;
 
 /// One validation problem.
@@ -175,6 +177,10 @@ pub struct Database {
     pub replicas: Vec<String>,
     /// Server login.
     pub credentials: ServerCredentials,
+    /// Login of the lag monitor (the fixed credentials unless `monitor_user` is set).
+    pub monitor: Option<(String, Secret)>,
+    /// Lag limits for reads on replicas.
+    pub lag: LagLimits,
     /// Effective pool settings.
     pub pool: PoolSettings,
 }
@@ -241,6 +247,10 @@ pub struct Config {
     pub pool: PoolSettings,
     /// Auto-prepare settings.
     pub prepare: PrepareSettings,
+    /// Read routing.
+    pub routing: RoutingSettings,
+    /// Lag measurement.
+    pub lag: LagSettings,
     /// Databases.
     pub databases: Vec<Database>,
     /// Client users.
@@ -381,6 +391,18 @@ fn read_root(root: &mut Table<'_, '_>) -> Option<Config> {
         }
         t.finish();
     }
+    let routing = match root.table("routing") {
+        Some(mut t) => routing::read_routing(&mut t),
+        None => RoutingSettings::default(),
+    };
+    let lag = match root.table("lag") {
+        Some(mut t) => routing::read_lag(&mut t),
+        None => LagSettings::default(),
+    };
+    let limits_default = LagLimits {
+        max_lag: routing.max_lag,
+        max_lag_bytes: routing.max_lag_bytes,
+    };
     let defaults = PoolSettings::default();
     let pool = match root.table("pool") {
         Some(mut t) => read_pool(&mut t, &defaults),
@@ -391,7 +413,7 @@ fn read_root(root: &mut Table<'_, '_>) -> Option<Config> {
     let db_tables = root.tables("databases");
     let any_db = !db_tables.is_empty();
     for mut t in db_tables {
-        if let Some(db) = read_database(&mut t, &pool) {
+        if let Some(db) = read_database(&mut t, &pool, limits_default) {
             if !names.insert(db.name.clone()) {
                 t.error("name", format!("database {:?} is defined twice", db.name));
             }
@@ -420,6 +442,8 @@ fn read_root(root: &mut Table<'_, '_>) -> Option<Config> {
         limits,
         pool,
         prepare,
+        routing,
+        lag,
         databases,
         users,
     })
@@ -498,7 +522,11 @@ fn host_port(t: &Table<'_, '_>, key: &str, s: &str) -> bool {
     ok
 }
 
-fn read_database(t: &mut Table<'_, '_>, defaults: &PoolSettings) -> Option<Database> {
+fn read_database(
+    t: &mut Table<'_, '_>,
+    defaults: &PoolSettings,
+    limits: LagLimits,
+) -> Option<Database> {
     let name = t.string("name");
     if name.as_deref().is_some_and(str::is_empty) || name.is_none() {
         t.error("name", "a non-empty name is required");
@@ -545,8 +573,39 @@ fn read_database(t: &mut Table<'_, '_>, defaults: &PoolSettings) -> Option<Datab
         Some(mut pt) => read_pool(&mut pt, defaults),
         None => defaults.clone(),
     };
+    let lag = routing::read_limits(t, limits);
+    let monitor = match (t.string("monitor_user"), t.string("monitor_password")) {
+        (Some(u), Some(p)) => match Secret::resolve(&p) {
+            Ok(p) => Some((u, p)),
+            Err(e) => {
+                t.error("monitor_password", e);
+                None
+            }
+        },
+        (None, None) => match &credentials {
+            Some(ServerCredentials::Fixed { user, password }) => {
+                Some((user.clone(), password.clone()))
+            }
+            _ => None,
+        },
+        _ => {
+            t.error(
+                "monitor_user",
+                "monitor_user and monitor_password go together",
+            );
+            None
+        }
+    };
+    if !replicas.is_empty() && monitor.is_none() {
+        t.error(
+            "monitor_user",
+            "a database with replicas needs a login for the lag monitor: set user/password or monitor_user/monitor_password",
+        );
+    }
     let name = name.filter(|n| !n.is_empty())?;
     Some(Database {
+        monitor,
+        lag,
         server_dbname: server_dbname.unwrap_or_else(|| name.clone()),
         name,
         primary: primary?,

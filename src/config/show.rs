@@ -72,6 +72,25 @@ pub fn render(cfg: &Config) -> String {
         humantime::format_duration(cfg.prepare.window).to_string(),
         cfg.prepare.max_shapes
     );
+    let dur = |d: std::time::Duration| humantime::format_duration(d).to_string();
+    let fallback = match cfg.routing.fallback {
+        super::Fallback::Primary => "primary",
+        super::Fallback::Error => "error",
+    };
+    let _ = writeln!(
+        out,
+        "[routing]\nconsistency = {:?}\nfallback = {fallback:?}\nread_only_functions = {:?}\nmax_lag = {:?}\nmax_lag_bytes = {}\n",
+        cfg.routing.consistency.as_str(),
+        cfg.routing.read_only_functions,
+        dur(cfg.routing.max_lag),
+        cfg.routing.max_lag_bytes
+    );
+    let _ = writeln!(
+        out,
+        "[lag]\nprobe_interval = {:?}\nstale_after = {:?}\n",
+        dur(cfg.lag.probe_interval),
+        dur(cfg.lag.stale_after)
+    );
     out.push_str("[pool]\n");
     pool(&mut out, &cfg.pool);
     for db in &cfg.databases {
@@ -81,6 +100,19 @@ pub fn render(cfg: &Config) -> String {
             db.name, db.server_dbname, db.primary
         );
         let _ = writeln!(out, "replicas = {:?}", db.replicas);
+        let _ = writeln!(
+            out,
+            "max_lag = {:?}\nmax_lag_bytes = {}",
+            humantime::format_duration(db.lag.max_lag).to_string(),
+            db.lag.max_lag_bytes
+        );
+        if let Some((user, password)) = &db.monitor {
+            let _ = writeln!(
+                out,
+                "monitor_user = {user:?}\nmonitor_password = {:?}",
+                password.masked()
+            );
+        }
         match &db.credentials {
             ServerCredentials::Fixed { user, password } => {
                 let _ = writeln!(out, "user = {user:?}\npassword = {:?}", password.masked());

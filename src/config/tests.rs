@@ -104,3 +104,68 @@ fn restart_required_fields_are_detected() {
     let b = Config::parse(&GOOD.replace("7432", "7433").replace("size = 4", "size = 5")).unwrap();
     assert_eq!(a.restart_required_changes(&b), vec!["listen.postgres"]);
 }
+
+#[test]
+fn routing_settings_and_per_database_limits() {
+    let src = r#"
+[routing]
+consistency = "global"
+fallback = "error"
+max_lag = "2s"
+read_only_functions = ["My_Fn"]
+[lag]
+probe_interval = "20ms"
+stale_after = "200ms"
+[[databases]]
+name = "app"
+primary = "127.0.0.1:5432"
+replicas = ["127.0.0.1:5433"]
+user = "app"
+password = "pw"
+max_lag_bytes = "1MiB"
+[[users]]
+name = "app"
+password = "pw"
+"#;
+    let c = Config::parse(src).unwrap();
+    assert_eq!(c.routing.consistency, Consistency::Global);
+    assert_eq!(c.routing.fallback, Fallback::Error);
+    assert_eq!(c.routing.read_only_functions, vec!["my_fn".to_owned()]);
+    assert_eq!(c.lag.probe_interval, Duration::from_millis(20));
+    let db = c.database("app").unwrap();
+    assert_eq!(db.lag.max_lag, Duration::from_secs(2));
+    assert_eq!(db.lag.max_lag_bytes, 1 << 20);
+    assert_eq!(db.monitor.as_ref().map(|m| m.0.as_str()), Some("app"));
+    let shown = c.display_masked();
+    assert!(shown.contains("consistency = \"global\""), "{shown}");
+    assert!(!shown.contains("\"pw\""), "{shown}");
+}
+
+#[test]
+fn routing_errors_are_reported() {
+    let src = r#"
+[routing]
+consistency = "strong"
+[lag]
+probe_interval = "100ms"
+stale_after = "150ms"
+[[databases]]
+name = "app"
+primary = "127.0.0.1:5432"
+replicas = ["127.0.0.1:5433"]
+[[users]]
+name = "app"
+password = "pw"
+"#;
+    let errs = Config::parse(src).unwrap_err();
+    let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+    assert!(
+        text.iter().any(|e| e.contains("routing.consistency")),
+        "{text:?}"
+    );
+    assert!(
+        text.iter().any(|e| e.contains("lag.stale_after")),
+        "{text:?}"
+    );
+    assert!(text.iter().any(|e| e.contains("monitor_user")), "{text:?}");
+}

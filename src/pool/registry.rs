@@ -18,6 +18,8 @@ pub struct PoolId {
     pub user: String,
     /// Upstream `host:port`.
     pub addr: String,
+    /// The upstream is a replica of the database.
+    pub replica: bool,
 }
 
 /// All pools.
@@ -43,7 +45,11 @@ impl Pools {
         if let Some(p) = map.get(&id) {
             return p.clone();
         }
-        let name = format!("{}/{}", id.database, id.user);
+        let name = if id.replica {
+            format!("{}/{}@{}", id.database, id.user, id.addr)
+        } else {
+            format!("{}/{}", id.database, id.user)
+        };
         let pool = Arc::new(Pool::new(
             name.clone(),
             id.addr.clone(),
@@ -80,7 +86,14 @@ impl Pools {
                 crate::config::ServerCredentials::Passthrough => true,
             };
             match cfg.database(&id.database) {
-                Some(db) if db.primary == id.addr && same_login(db) => {
+                Some(db)
+                    if same_login(db)
+                        && if id.replica {
+                            db.replicas.contains(&id.addr)
+                        } else {
+                            db.primary == id.addr
+                        } =>
+                {
                     pool.update_settings(db.pool.clone());
                     true
                 }

@@ -167,6 +167,25 @@ pub fn command_complete(out: &mut BytesMut, command: &str) {
     finish(out, at);
 }
 
+/// A one-column, one-row text result (RowDescription and DataRow), as SHOW returns.
+pub fn single_text_row(out: &mut BytesMut, column: &str, value: &str) {
+    let at = begin(out, tag::ROW_DESCRIPTION);
+    out.put_i16(1);
+    cstr(out, column.as_bytes());
+    out.put_i32(0); // table oid
+    out.put_i16(0); // column number
+    out.put_i32(25); // text
+    out.put_i16(-1); // type size
+    out.put_i32(-1); // type modifier
+    out.put_i16(0); // text format
+    finish(out, at);
+    let at = begin(out, tag::DATA_ROW);
+    out.put_i16(1);
+    out.put_i32(value.len() as i32);
+    out.put_slice(value.as_bytes());
+    finish(out, at);
+}
+
 /// ParseComplete.
 pub const PARSE_COMPLETE: [u8; 5] = [tag::PARSE_COMPLETE, 0, 0, 0, 4];
 /// CloseComplete.

@@ -39,6 +39,8 @@ impl SqlState {
     pub const PROGRAM_LIMIT_EXCEEDED: Self = Self("54000");
     /// XX000 internal_error.
     pub const INTERNAL_ERROR: Self = Self("XX000");
+    /// invalid_parameter_value
+    pub const INVALID_PARAMETER_VALUE: Self = Self("22023");
 
     /// The five-character code.
     pub fn code(self) -> &'static str {

@@ -35,6 +35,8 @@ pub enum Local {
     DeallocateAll,
     /// `DISCARD ALL`.
     DiscardAll,
+    /// `SET`, `RESET` or `SHOW` of `sluice.route` (never sent to Postgres).
+    RouteSetting,
 }
 
 /// Facts about one query string (one or more statements).
@@ -173,6 +175,19 @@ pub fn analyze(sql: &[u8]) -> StatementInfo {
 
 fn statement(src: &str, t: &[Token], single: bool, info: &mut StatementInfo) {
     let word = |i: usize, w: &str| t.get(i).is_some_and(|tok| tok.is(src, w));
+    let names_route = |i: usize| {
+        word(i, "sluice")
+            && t.get(i + 1).is_some_and(|x| x.kind == Kind::Dot)
+            && word(i + 2, "route")
+    };
+    if (word(0, "set") && (names_route(1) || (word(1, "session") && names_route(2))))
+        || ((word(0, "reset") || word(0, "show")) && names_route(1))
+    {
+        if single {
+            info.local = Some(Local::RouteSetting);
+        }
+        return;
+    }
     if word(0, "alter") || word(0, "create") || word(0, "drop") {
         info.ddl = true;
     }
@@ -470,6 +485,15 @@ mod tests {
             Some(Local::DeallocateAll)
         );
         assert_eq!(analyze(b"DISCARD ALL").local, Some(Local::DiscardAll));
+        assert_eq!(
+            analyze(b"SET sluice.route = 'replica'").local,
+            Some(Local::RouteSetting)
+        );
+        assert_eq!(
+            analyze(b"show sluice.route").local,
+            Some(Local::RouteSetting)
+        );
+        assert!(analyze(b"SET sluice.route = 'replica'").effects.is_empty());
         assert_eq!(
             analyze(b"DISCARD ALL; SELECT 1").effects,
             vec![Effect::ResetAll, Effect::DropsServerStatements]

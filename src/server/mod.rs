@@ -6,6 +6,7 @@ pub mod conn;
 pub mod connect;
 pub mod expect;
 pub mod params;
+pub mod query;
 
 pub use conn::{CancelKey, ServerConn};
 pub use connect::{connect, Login, ServerAuth};

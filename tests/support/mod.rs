@@ -117,7 +117,7 @@ impl Cluster {
             String::from_utf8_lossy(&out.stderr)
         );
         let hba = format!(
-            "local all all trust\nhost all postgres 127.0.0.1/32 trust\nhost all {TRUST_USER} 127.0.0.1/32 trust\n\
+            "local all all trust\nhost all postgres 127.0.0.1/32 trust\nhost replication postgres 127.0.0.1/32 trust\nhost all {TRUST_USER} 127.0.0.1/32 trust\n\
              host all {} 127.0.0.1/32 md5\nhost all all 127.0.0.1/32 scram-sha-256\n",
             MD5_USER.0
         );
@@ -165,7 +165,7 @@ impl Cluster {
         let conf = format!(
             "listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{}'\nfsync = off\n\
              synchronous_commit = off\nfull_page_writes = off\nmax_connections = 200\nshared_buffers = 64MB\n\
-             log_min_messages = warning\nshared_preload_libraries = 'pg_stat_statements'\n",
+             log_min_messages = warning\nshared_preload_libraries = 'pg_stat_statements'\nwal_keep_size = 128MB\n",
             dir.display()
         );
         // Later settings win, so each attempt's port overrides the previous one.
@@ -272,6 +272,117 @@ impl Cluster {
     /// `host:port` of the server.
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// A streaming replica of this cluster (`pg_basebackup -R`), running on its own port.
+    pub fn start_replica(&self) -> Cluster {
+        let bin = pg_bin();
+        let dir =
+            std::env::temp_dir().join(format!("sluice-pg-{}-{}", std::process::id(), free_port()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        if is_root() {
+            let ok = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&dir)
+                .status()
+                .expect("chown");
+            assert!(ok.success(), "chown failed");
+        }
+        let data = dir.join("data");
+        let out = as_pg_user(&bin.join("pg_basebackup"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+            ])
+            .arg("-D")
+            .arg(&data)
+            .args(["-R", "-X", "stream", "--checkpoint=fast"])
+            .output()
+            .expect("run pg_basebackup");
+        assert!(
+            out.status.success(),
+            "pg_basebackup failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut attempt = 0;
+        let replica = loop {
+            attempt += 1;
+            let port = free_port();
+            match Self::launch(&bin, &dir, &data, port) {
+                Ok(c) => break c,
+                Err(log) if attempt < 4 => {
+                    eprintln!("replica did not start on port {port}, retrying: {log}")
+                }
+                Err(log) => panic!("replica did not start; last log:\n{log}"),
+            }
+        };
+        wait_until("the replica to stream", Duration::from_secs(60), || {
+            replica.try_psql("postgres", "SELECT status FROM pg_stat_wal_receiver")
+                == Some("streaming".into())
+        });
+        replica
+    }
+
+    /// Runs SQL as the superuser; `None` on failure.
+    pub fn try_psql(&self, db: &str, sql: &str) -> Option<String> {
+        let out = Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                db,
+            ])
+            .args(["-v", "ON_ERROR_STOP=1", "-qAt", "-c", sql])
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    /// `pg_ctl stop -m immediate`: the server dies as in a crash.
+    pub fn stop_immediate(&self) {
+        let out = as_pg_user(&pg_bin().join("pg_ctl"))
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["stop", "-m", "immediate", "-w"])
+            .output()
+            .expect("run pg_ctl stop");
+        assert!(
+            out.status.success(),
+            "pg_ctl stop failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Starts the server again after [`Cluster::stop_immediate`], on the same port.
+    pub fn restart(&self) {
+        let log = self.dir.join(format!("postgres-{}-restart.log", self.port));
+        let out = as_pg_user(&pg_bin().join("pg_ctl"))
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .arg("-l")
+            .arg(&log)
+            .args(["start", "-w", "-t", "60"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .and_then(|c| c.wait_with_output())
+            .expect("run pg_ctl start");
+        assert!(
+            out.status.success(),
+            "pg_ctl start failed: {} {}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
     }
 }
 

@@ -42,9 +42,11 @@ impl Proxy {
         let params = ParamInterner::new();
         let pools = Arc::new(Pools::new(metrics.clone(), params.empty()));
         let shutdown = Shutdown::new();
+        let cache = crate::cache::Cache::new(&config.cache, &metrics, shutdown.child_token());
         let routers = Routers::new(shutdown.child_token());
-        routers.reconcile(&config, &metrics, &params.empty());
+        routers.reconcile(&config, &metrics, &params.empty(), &cache);
         let shared = Arc::new(Shared {
+            cache,
             routers,
             classifier: Classifier::new(10_000),
             config: ArcSwap::from_pointee(config),
@@ -184,9 +186,12 @@ impl Reloader {
             return Ok("no changes".into());
         }
         self.shared.pools.reconfigure(&new);
-        self.shared
-            .routers
-            .reconcile(&new, &self.shared.metrics, &self.shared.params.empty());
+        self.shared.routers.reconcile(
+            &new,
+            &self.shared.metrics,
+            &self.shared.params.empty(),
+            &self.shared.cache,
+        );
         self.shared.config.store(Arc::new(new));
         Ok("applied".into())
     }

@@ -55,6 +55,22 @@ pub struct Metrics {
     pub primary_available: IntGaugeVec,
     /// Lag probes by database, server role and result.
     pub lag_probes: IntCounterVec,
+    /// Cache lookups by rule and result (`hit`, `stale`, `miss`, `bypass`).
+    pub cache_requests: IntCounterVec,
+    /// Cache fills by rule and result (`stored`, `rejected`, `too_large`).
+    pub cache_fills: IntCounterVec,
+    /// Cache entries evicted for space.
+    pub cache_evictions: IntCounter,
+    /// Bytes in the in-process cache.
+    pub cache_bytes: IntGauge,
+    /// Table invalidations by source (`write`, `notify`, `api`).
+    pub cache_invalidations: IntCounterVec,
+    /// Valkey errors by operation.
+    pub valkey_errors: IntCounterVec,
+    /// Valkey round-trip time.
+    pub valkey_latency: Histogram,
+    /// 1 while the Valkey subscription is live.
+    pub valkey_up: IntGauge,
 }
 
 /// Handles used on every request, resolved once.
@@ -273,6 +289,67 @@ impl Metrics {
                 "Lag probes by server role and result.",
                 &["database", "role", "result"],
             ),
+            cache_requests: counter_vec(
+                &r,
+                "sluice_cache_requests_total",
+                "Cache lookups by rule and result.",
+                &["rule", "result"],
+            ),
+            cache_fills: counter_vec(
+                &r,
+                "sluice_cache_fills_total",
+                "Cache fills by rule and result.",
+                &["rule", "result"],
+            ),
+            cache_evictions: {
+                let c = IntCounter::new(
+                    "sluice_cache_evictions_total",
+                    "Cache entries evicted for space.",
+                )
+                .unwrap_or_else(|e| panic!("{e}"));
+                r.register(Box::new(c.clone()))
+                    .unwrap_or_else(|e| panic!("{e}"));
+                c
+            },
+            cache_bytes: {
+                let g = IntGauge::new("sluice_cache_bytes", "Bytes in the in-process cache.")
+                    .unwrap_or_else(|e| panic!("{e}"));
+                r.register(Box::new(g.clone()))
+                    .unwrap_or_else(|e| panic!("{e}"));
+                g
+            },
+            cache_invalidations: counter_vec(
+                &r,
+                "sluice_cache_invalidations_total",
+                "Table invalidations by source.",
+                &["source"],
+            ),
+            valkey_errors: counter_vec(
+                &r,
+                "sluice_valkey_errors_total",
+                "Valkey errors by operation.",
+                &["op"],
+            ),
+            valkey_latency: {
+                let h = Histogram::with_opts(
+                    HistogramOpts::new("sluice_valkey_latency_seconds", "Valkey round-trip time.")
+                        .buckets(exponential_buckets(0.000_05, 2.0, 16).unwrap_or_default()),
+                )
+                .unwrap_or_else(|e| panic!("{e}"));
+                r.register(Box::new(h.clone()))
+                    .unwrap_or_else(|e| panic!("{e}"));
+                h
+            },
+            valkey_up: {
+                let g = IntGauge::new(
+                    "sluice_valkey_up",
+                    "1 while the Valkey subscription is live.",
+                )
+                .unwrap_or_else(|e| panic!("{e}"));
+                r.register(Box::new(g.clone()))
+                    .unwrap_or_else(|e| panic!("{e}"));
+                g
+            },
             registry: r,
         };
         m.build_info

@@ -479,7 +479,7 @@ async fn a_replica_crash_moves_reads_to_the_primary_without_errors() {
             let c = connect(&u).await;
             let mut n = 0u64;
             while !st.load(Ordering::Relaxed) {
-                let on_rep = if n % 2 == 0 {
+                let on_rep = if n.is_multiple_of(2) {
                     c.query_one("SELECT pg_is_in_recovery(), count(*) FROM route_t", &[])
                         .await
                         .map(|r| r.get::<_, bool>(0))

@@ -1,6 +1,7 @@
 //! The client side: the listener, and one task per client that runs startup,
 //! authentication and the request loop.
 
+mod cached;
 pub mod cancel;
 mod relay;
 mod routing;
@@ -48,6 +49,8 @@ pub struct Shared {
     pub routers: crate::router::Routers,
     /// Statement classifications by text.
     pub classifier: crate::router::Classifier,
+    /// The query cache.
+    pub cache: Arc<crate::cache::Cache>,
     /// Client connections per database (for `max_client_connections`).
     pub db_clients: Mutex<HashMap<String, usize>>,
 }

@@ -71,6 +71,9 @@ impl Session {
         while pos < rbuf.len() {
             if self.passthrough > 0 {
                 self.failover = None;
+                if let Some(c) = self.capture.as_mut() {
+                    c.spoil();
+                }
                 let n = self.passthrough.min(rbuf.len() - pos);
                 pos += n;
                 self.passthrough -= n;
@@ -106,7 +109,20 @@ impl Session {
                     }
                 }
             }
+            if h.tag == tag::READY_FOR_QUERY {
+                self.finish_capture();
+                if rbuf.get(pos + HEADER_LEN) == Some(&b'I') && self.unit_writes.is_some() {
+                    // The unit's writes are committed (or rolled back): bump again
+                    // before the client can learn that.
+                    self.end_writes().await;
+                }
+            }
             let mut action = self.on_server_frame(h.tag, &rbuf[pos..pos + h.total])?;
+            if let Some(c) = self.capture.as_mut() {
+                if !matches!(action, Action::Drop) {
+                    c.see(h.tag, &rbuf[pos..pos + h.total]);
+                }
+            }
             if !matches!(action, Action::Drop) && !self.failover_visible(h.tag) {
                 action = Action::Drop;
             }

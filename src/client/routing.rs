@@ -89,7 +89,9 @@ impl Session {
     /// True when requests of this session are routed (a database with replicas, in
     /// transaction mode, not pinned).
     pub(super) fn routing(&self) -> bool {
-        self.router.is_some() && self.mode == PoolMode::Transaction && self.pinned.is_none()
+        self.router.as_ref().is_some_and(|r| !r.replicas.is_empty())
+            && self.mode == PoolMode::Transaction
+            && self.pinned.is_none()
     }
 
     /// The attached unit runs on a replica.
@@ -137,6 +139,11 @@ impl Session {
 
     /// Facts of an extended batch: its Parse texts and the statements its Binds use.
     pub(super) fn batch_facts(&self, frames: &[Bytes]) -> Result<Facts, Error> {
+        Ok(self.classes_facts(&self.batch_classes(frames)?))
+    }
+
+    /// Classifications of a batch's Parse texts and of the statements its Binds use.
+    pub(super) fn batch_classes(&self, frames: &[Bytes]) -> Result<Vec<Arc<Class>>, Error> {
         let mut classes = Vec::new();
         for f in frames {
             match f[0] {
@@ -157,7 +164,7 @@ impl Session {
                 _ => {}
             }
         }
-        Ok(self.classes_facts(&classes))
+        Ok(classes)
     }
 
     /// Chooses the server for the next unit; `Ok(false)` when an error was sent.
@@ -450,7 +457,8 @@ impl Session {
 
     /// Answers `SET sluice.route`, `RESET sluice.route` and `SHOW sluice.route`.
     pub(super) async fn answer_route_setting(&mut self, text: &[u8]) -> Result<(), Error> {
-        let class = self.shared.classifier.get(text);
+        // Not the shared classifier: it merges texts that differ only in literals.
+        let class = crate::router::classify::classify(&String::from_utf8_lossy(text));
         let mut out = BytesMut::new();
         match &class.route_setting {
             Some(RouteSetting::Set(v)) => match v.to_ascii_lowercase().as_str() {

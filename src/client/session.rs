@@ -94,6 +94,8 @@ pub async fn run(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
         watermark_lsn: None,
         failover: None,
         skip_frames: 0,
+        capture: None,
+        unit_writes: None,
         state: ClientState::new(startup),
         server: None,
         attached_at: Instant::now(),
@@ -336,6 +338,10 @@ pub(super) struct Session {
     pub(super) failover: Option<Failover>,
     /// Responses of a retried request the client already has from the failed attempt.
     pub(super) skip_frames: usize,
+    /// A cache miss whose responses are being captured.
+    pub(super) capture: Option<Box<super::cached::Capture>>,
+    /// Tables the current unit wrote (bumped again when it ends).
+    pub(super) unit_writes: Option<super::cached::UnitWrites>,
     pub(super) state: ClientState,
     pub(super) server: Option<Box<ServerConn>>,
     pub(super) attached_at: Instant,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
+use super::cached::Cached;
 use super::session::{error_frame, Retry, Session};
 use super::state::Unnamed;
 use crate::error::Error;
@@ -18,6 +19,7 @@ use crate::protocol::frontend::{
 use crate::protocol::SqlState;
 use crate::router::statement::Local;
 use crate::router::{analyze, StatementInfo};
+use crate::router::{Reason, Target as Upstream};
 use crate::server::expect::{Expect, ParseTrack};
 
 impl Session {
@@ -38,7 +40,14 @@ impl Session {
         if !self.check_pin(info.pin, true).await? {
             return Ok(());
         }
-        if self.routing() && (self.server.is_none() || self.on_replica()) {
+        let capture = match self.cache_query(text).await? {
+            Cached::Served => return Ok(()),
+            Cached::Pass => None,
+            Cached::Fill(c) => Some(c),
+        };
+        if capture.is_some() {
+            self.next = Some((Upstream::Primary, Reason::CacheMiss));
+        } else if self.routing() && (self.server.is_none() || self.on_replica()) {
             let facts = self.query_facts(text);
             if self.hold_transaction(&frame, &facts).await? || !self.route(&facts, true).await? {
                 return Ok(());
@@ -47,6 +56,11 @@ impl Session {
         if !self.ensure_server(true).await? || !self.send_deferred(true).await? {
             return Ok(());
         }
+        if self.tracks_writes() {
+            let class = self.shared.classifier.get(text);
+            self.note_writes(&[class]).await;
+        }
+        self.capture = capture;
         if info.ddl {
             self.saw_ddl = true;
         }
@@ -205,7 +219,14 @@ impl Session {
         if !self.check_pin(pin, sync).await? {
             return Ok(());
         }
-        if self.routing() && (self.server.is_none() || self.on_replica()) {
+        let capture = match self.cache_batch(frames).await? {
+            Cached::Served => return Ok(()),
+            Cached::Pass => None,
+            Cached::Fill(c) => Some(c),
+        };
+        if capture.is_some() {
+            self.next = Some((Upstream::Primary, Reason::CacheMiss));
+        } else if self.routing() && (self.server.is_none() || self.on_replica()) {
             let facts = self.batch_facts(frames)?;
             if !self.route(&facts, sync).await? {
                 return Ok(());
@@ -214,6 +235,11 @@ impl Session {
         if !self.ensure_server(sync).await? || !self.send_deferred(sync).await? {
             return Ok(());
         }
+        if self.tracks_writes() {
+            let classes = self.batch_classes(frames)?;
+            self.note_writes(&classes).await;
+        }
+        self.capture = capture;
         self.keep_for_failover(frames, sync);
         let sent = self.translate_and_send(frames, true).await;
         self.after_send(sent).await

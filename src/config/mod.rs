@@ -2,6 +2,7 @@
 //! into a typed [`Config`]. Defaults live in [`PoolSettings::default`] and [`Config`]'s
 //! loader, nowhere else.
 
+mod cache;
 mod reader;
 mod routing;
 mod secret;
@@ -16,6 +17,7 @@ use thiserror::Error;
 use toml::de::DeTable;
 
 use crate::auth::scram::ScramSecret;
+pub use cache::{normalize_space, CacheRule, CacheSettings, RuleMatch};
 pub use reader::parse_size;
 use reader::{Ctx, Table};
 pub use routing::{Consistency, Fallback, LagLimits, LagSettings, RoutingSettings};
@@ -251,6 +253,8 @@ pub struct Config {
     pub routing: RoutingSettings,
     /// Lag measurement.
     pub lag: LagSettings,
+    /// Query cache.
+    pub cache: CacheSettings,
     /// Databases.
     pub databases: Vec<Database>,
     /// Client users.
@@ -307,6 +311,12 @@ impl Config {
         let mut out = Vec::new();
         if self.listen_postgres != other.listen_postgres {
             out.push("listen.postgres");
+        }
+        if self.cache.valkey != other.cache.valkey {
+            out.push("cache.valkey");
+        }
+        if self.cache.max_bytes != other.cache.max_bytes {
+            out.push("cache.max_bytes");
         }
         if self.listen_http != other.listen_http {
             out.push("listen.http");
@@ -399,6 +409,10 @@ fn read_root(root: &mut Table<'_, '_>) -> Option<Config> {
         Some(mut t) => routing::read_lag(&mut t),
         None => LagSettings::default(),
     };
+    let cache = match root.table("cache") {
+        Some(mut t) => cache::read_cache(&mut t),
+        None => CacheSettings::default(),
+    };
     let limits_default = LagLimits {
         max_lag: routing.max_lag,
         max_lag_bytes: routing.max_lag_bytes,
@@ -444,6 +458,7 @@ fn read_root(root: &mut Table<'_, '_>) -> Option<Config> {
         prepare,
         routing,
         lag,
+        cache,
         databases,
         users,
     })

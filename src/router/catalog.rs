@@ -21,19 +21,34 @@ const ALWAYS_WRITE: [&str; 8] = [
 pub struct Catalog {
     /// Names with no volatile overload.
     safe: HashSet<Box<str>>,
+    /// Names whose every overload is immutable.
+    immutable: HashSet<Box<str>>,
     /// Loaded from the server (before that, every function counts as a write).
     pub loaded: bool,
 }
 
 impl Catalog {
-    /// Builds from `(proname, any overload volatile)` rows.
-    pub fn from_rows(rows: impl IntoIterator<Item = (String, bool)>) -> Self {
-        let safe = rows
-            .into_iter()
-            .filter(|(_, volatile)| !volatile)
-            .map(|(name, _)| name.into_boxed_str())
-            .collect();
-        Self { safe, loaded: true }
+    /// Builds from `(proname, any overload volatile, every overload immutable)` rows.
+    pub fn from_rows(rows: impl IntoIterator<Item = (String, bool, bool)>) -> Self {
+        let mut c = Self {
+            loaded: true,
+            ..Self::default()
+        };
+        for (name, volatile, immutable) in rows {
+            if immutable {
+                c.immutable.insert(name.clone().into_boxed_str());
+            }
+            if !volatile {
+                c.safe.insert(name.into_boxed_str());
+            }
+        }
+        c
+    }
+
+    /// True when `name` always returns the same result for the same arguments (the
+    /// only functions a cached result may depend on).
+    pub fn immutable(&self, name: &str) -> bool {
+        self.immutable.contains(name)
     }
 
     /// True when calling `name` cannot change state on the server.
@@ -47,8 +62,8 @@ impl Catalog {
 }
 
 /// The catalog query: one row per function name, true when any overload is volatile.
-pub const CATALOG_SQL: &str =
-    "SELECT proname, bool_or(provolatile = 'v')::text FROM pg_catalog.pg_proc GROUP BY proname";
+pub const CATALOG_SQL: &str = "SELECT proname, bool_or(provolatile = 'v')::text, \
+     bool_and(provolatile = 'i')::text FROM pg_catalog.pg_proc GROUP BY proname";
 
 #[cfg(test)]
 mod tests {
@@ -57,13 +72,15 @@ mod tests {
     #[test]
     fn volatility_and_lists() {
         let c = Catalog::from_rows([
-            ("count".to_owned(), false),
-            ("now".to_owned(), false),
-            ("random".to_owned(), true),
-            ("nextval".to_owned(), true),
-            ("txid_current".to_owned(), false),
-            ("pg_try_advisory_xact_lock".to_owned(), true),
+            ("count".to_owned(), false, true),
+            ("now".to_owned(), false, false),
+            ("random".to_owned(), true, false),
+            ("nextval".to_owned(), true, false),
+            ("txid_current".to_owned(), false, false),
+            ("pg_try_advisory_xact_lock".to_owned(), true, false),
         ]);
+        assert!(c.immutable("count"));
+        assert!(!c.immutable("now"));
         let allow = vec!["random".to_owned()];
         assert!(c.read_only("count", &allow));
         assert!(c.read_only("now", &allow));

@@ -294,11 +294,16 @@ impl Classifier {
         }
     }
 
-    /// The classification of `sql`, computed once per distinct text.
+    /// The classification of `sql`, computed once per distinct text up to literal
+    /// values (texts that differ only in literals classify alike).
     pub fn get(&self, sql: &[u8]) -> Arc<Class> {
+        let shape = std::str::from_utf8(sql)
+            .ok()
+            .and_then(super::lexer::literal_shape);
+        let key: &[u8] = shape.as_deref().unwrap_or(sql);
         {
             let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(c) = map.get(sql) {
+            if let Some(c) = map.get(key) {
                 return c.clone();
             }
         }
@@ -311,7 +316,7 @@ impl Classifier {
             // Texts with literals inlined can be endless; start over rather than grow.
             map.clear();
         }
-        map.insert(sql.into(), class.clone());
+        map.insert(key.into(), class.clone());
         class
     }
 }
@@ -416,5 +421,17 @@ mod tests {
         assert_eq!(c.get(b"DELETE FROM t").access, Access::Write);
         assert_eq!(c.get(b"SELECT 1").access, Access::Read);
         assert_eq!(c.get(b"SELECT 2").access, Access::Read);
+        // Literals do not split entries; hints in comments do.
+        assert_eq!(c.get(b"SELECT * FROM t WHERE id = 7").access, Access::Read);
+        assert!(Arc::ptr_eq(
+            &c.get(b"SELECT * FROM t WHERE id = 7"),
+            &c.get(b"SELECT * FROM t WHERE id = 8")
+        ));
+        assert_eq!(
+            c.get(b"/* sluice: route=primary */ SELECT * FROM t WHERE id = 7")
+                .hint
+                .route,
+            Some(super::super::hint::RouteHint::Primary)
+        );
     }
 }

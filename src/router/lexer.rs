@@ -327,6 +327,32 @@ pub fn string_value(src: &str, t: &Token) -> Option<String> {
     Some(inner.replace("''", "'"))
 }
 
+/// The text with every string and numeric literal replaced by `?`, or `None` when it
+/// has none: queries that differ only in literal values share it (and their
+/// classification), while comments and everything else are kept.
+pub fn literal_shape(src: &str) -> Option<Vec<u8>> {
+    let tokens = tokenize(src);
+    if !tokens
+        .iter()
+        .any(|t| matches!(t.kind, Kind::String | Kind::Number))
+    {
+        return None;
+    }
+    let b = src.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut at = 0;
+    for t in tokens
+        .iter()
+        .filter(|t| matches!(t.kind, Kind::String | Kind::Number))
+    {
+        out.extend_from_slice(&b[at..t.start]);
+        out.push(b'?');
+        at = t.end;
+    }
+    out.extend_from_slice(&b[at..]);
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -364,6 +390,19 @@ mod tests {
         assert_eq!(
             string_value("'it''s'", &tokenize("'it''s'")[0]).as_deref(),
             Some("it's")
+        );
+    }
+
+    #[test]
+    fn literal_shapes() {
+        assert_eq!(
+            literal_shape("SELECT * FROM t WHERE a = 5 AND b = 'x''y' /* c 7 */"),
+            Some(b"SELECT * FROM t WHERE a = ? AND b = ? /* c 7 */".to_vec())
+        );
+        assert_eq!(literal_shape("SELECT a FROM t1 WHERE b = $1"), None);
+        assert_eq!(
+            literal_shape("SELECT $$x$$, E'\\n', 1.5e-3"),
+            Some(b"SELECT ?, ?, ?".to_vec())
         );
     }
 

@@ -136,7 +136,8 @@ async fn primary_loop(router: Arc<DbRouter>, login: Login, empty: Arc<ParamSet>)
                     let catalog = Catalog::from_rows(rows.into_iter().filter_map(|r| {
                         let name = r.first()?.clone()?;
                         let volatile = r.get(1)?.as_deref() == Some("true");
-                        Some((name, volatile))
+                        let immutable = r.get(2)?.as_deref() == Some("true");
+                        Some((name, volatile, immutable))
                     }));
                     router.catalog.store(Arc::new(catalog));
                     catalog_at = Some(Instant::now());

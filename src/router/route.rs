@@ -49,10 +49,12 @@ pub enum Reason {
     Unavailable,
     /// Neither a read nor a write (SET, DISCARD, transaction control alone).
     Other,
+    /// A cacheable read that missed: it runs on the primary so the result can be stored.
+    CacheMiss,
 }
 
 impl Reason {
-    const ALL: [Reason; 10] = [
+    const ALL: [Reason; 11] = [
         Reason::Write,
         Reason::Read,
         Reason::Transaction,
@@ -63,6 +65,7 @@ impl Reason {
         Reason::Consistency,
         Reason::Unavailable,
         Reason::Other,
+        Reason::CacheMiss,
     ];
 
     /// The metric label.
@@ -78,6 +81,7 @@ impl Reason {
             Reason::Consistency => "consistency",
             Reason::Unavailable => "unavailable",
             Reason::Other => "other",
+            Reason::CacheMiss => "cache_miss",
         }
     }
 
@@ -138,7 +142,7 @@ pub struct DbRouter {
     pub wake: Notify,
     /// Stops the monitor tasks.
     pub cancel: CancellationToken,
-    decisions: Box<[[IntCounter; 10]; 2]>,
+    decisions: Box<[[IntCounter; 11]; 2]>,
     /// Primary availability gauge.
     pub primary_available: IntGauge,
     /// Probe result counters: primary ok/error, replica ok/error.

@@ -49,12 +49,19 @@ impl Routers {
 
     /// Brings the routers in line with `cfg`, starting and stopping monitors. Must run
     /// inside the runtime.
-    pub fn reconcile(&self, cfg: &Config, metrics: &Metrics, empty: &Arc<ParamSet>) {
+    pub fn reconcile(
+        &self,
+        cfg: &Config,
+        metrics: &Metrics,
+        empty: &Arc<ParamSet>,
+        cache: &Arc<crate::cache::Cache>,
+    ) {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         let mut next = HashMap::new();
         for db in &cfg.databases {
-            let Some((user, password)) = db.monitor.as_ref().filter(|_| !db.replicas.is_empty())
-            else {
+            // Routing needs replicas; the cache needs the function catalog.
+            let wanted = !db.replicas.is_empty() || !cfg.cache.rules.is_empty();
+            let Some((user, password)) = db.monitor.as_ref().filter(|_| wanted) else {
                 continue;
             };
             let key = (
@@ -86,6 +93,14 @@ impl Routers {
                         dbname: db.server_dbname.clone(),
                         auth: ServerAuth::Password(password.expose().to_owned()),
                     };
+                    if !cfg.cache.rules.is_empty() {
+                        crate::cache::listen::spawn(
+                            router.clone(),
+                            login.clone(),
+                            empty.clone(),
+                            cache.clone(),
+                        );
+                    }
                     monitor::spawn(router.clone(), login, empty.clone());
                     tracing::info!(database = %db.name, replicas = db.replicas.len(), "lag monitor started");
                     router

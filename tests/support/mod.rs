@@ -3,6 +3,8 @@
 //! sluice started in-process on its own runtime thread.
 #![allow(dead_code)]
 
+pub mod valkey;
+
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};

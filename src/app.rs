@@ -46,6 +46,9 @@ impl Proxy {
         let routers = Routers::new(shutdown.child_token());
         routers.reconcile(&config, &metrics, &params.empty(), &cache);
         let shared = Arc::new(Shared {
+            slow: Default::default(),
+            pauses: Default::default(),
+            pg_addr: std::sync::OnceLock::new(),
             cache,
             routers,
             classifier: Classifier::new(10_000),
@@ -60,6 +63,7 @@ impl Proxy {
             shutdown,
             db_clients: Mutex::new(HashMap::new()),
         });
+        let _ = shared.pg_addr.set(local_addr);
         Ok(Self {
             shared,
             listener: Some(listener),
@@ -105,7 +109,7 @@ impl Proxy {
         tokio::spawn(decay_shapes(sh.clone()));
         if let Some(http) = self.http.take() {
             tracing::info!(addr = %self.http_addr, "HTTP listening");
-            tokio::spawn(crate::http::serve(sh.clone(), http));
+            tokio::spawn(crate::http::serve(sh.clone(), http, self.reloader()));
         }
         tracing::info!(addr = %self.local_addr, "sluice listening");
         listen(sh.clone(), listener).await;

@@ -76,6 +76,9 @@ pub enum Error {
         /// Why (`lag`, `consistency`, `unavailable`).
         reason: &'static str,
     },
+    /// The database is paused (`POST /pools/{db}/pause`) past `checkout_timeout`.
+    #[error("database \"{0}\" is paused by an operator; retry shortly")]
+    Paused(String),
     /// The server connection broke while serving the client.
     #[error("server connection lost: {0}")]
     ServerLost(#[source] io::Error),
@@ -118,6 +121,7 @@ impl Error {
                 SqlState::CONNECTION_FAILURE
             }
             Error::Shutdown => SqlState::ADMIN_SHUTDOWN,
+            Error::Paused(_) => SqlState::CANNOT_CONNECT_NOW,
             Error::ClientIo(_) => SqlState::CONNECTION_FAILURE,
         }
     }
@@ -129,6 +133,7 @@ impl Error {
             | Error::ServerConnect { .. }
             | Error::PrimaryUnavailable { .. }
             | Error::NoReplica { .. }
+            | Error::Paused(_)
             | Error::SessionStateRefused(_)
             | Error::ServerLost(_)
             | Error::ServerProtocol(_) => Severity::Error,
@@ -148,6 +153,7 @@ impl Error {
             Error::ServerLost(_) | Error::ServerProtocol(_) => "server_lost",
             Error::PrimaryUnavailable { .. } => "primary_unavailable",
             Error::NoReplica { .. } => "no_replica",
+            Error::Paused(_) => "paused",
             Error::SessionStateRefused(_) => "session_state",
             Error::Shutdown => "shutdown",
             Error::ClientIo(_) => "client_io",
@@ -205,6 +211,7 @@ mod tests {
                 "08006",
             ),
             (Error::Shutdown, "57P01"),
+            (Error::Paused("d".into()), "57P03"),
             (
                 Error::PrimaryUnavailable {
                     database: "d".into(),

@@ -43,6 +43,8 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     /// Build information (constant 1).
     pub build_info: IntGaugeVec,
+    /// Request duration (sent to ReadyForQuery) by target (`primary`, `replica`, `cache`).
+    pub query_duration: HistogramVec,
     /// Routing decisions by database, target (`primary`, `replica`) and reason.
     pub route_decisions: IntCounterVec,
     /// Replica time lag (upper bound used for routing), by database and replica.
@@ -86,6 +88,12 @@ pub struct HotMetrics {
     pub clients_waiting: IntGauge,
     /// Clients connected.
     pub clients_idle: IntGauge,
+    /// Request duration, requests served by the primary.
+    pub query_primary: Histogram,
+    /// Request duration, requests served by a replica.
+    pub query_replica: Histogram,
+    /// Request duration, requests answered from the cache.
+    pub query_cache: Histogram,
 }
 
 /// Handles for one pool, resolved once.
@@ -246,6 +254,12 @@ impl Metrics {
                 &["result"],
             ),
             build_info: gauge_vec(&r, "sluice_build_info", "Build information.", &["version"]),
+            query_duration: histogram_vec(
+                &r,
+                "sluice_query_duration_seconds",
+                "Request duration, from sending it to its ReadyForQuery, by where it was served.",
+                &["target"],
+            ),
             route_decisions: counter_vec(
                 &r,
                 "sluice_route_decisions_total",
@@ -366,6 +380,9 @@ impl Metrics {
             clients_active: self.clients.with_label_values(&["active"]),
             clients_waiting: self.clients.with_label_values(&["waiting"]),
             clients_idle: self.clients.with_label_values(&["idle"]),
+            query_primary: self.query_duration.with_label_values(&["primary"]),
+            query_replica: self.query_duration.with_label_values(&["replica"]),
+            query_cache: self.query_duration.with_label_values(&["cache"]),
         }
     }
 

@@ -310,10 +310,16 @@ impl Session {
                 .with_label_values(&[&label, result])
                 .inc()
         };
+        let started = std::time::Instant::now();
         let flight = match cache.lookup(&key, &db).await {
             Lookup::Hit(e) | Lookup::Stale(e) => {
                 let mut out = BytesMut::with_capacity(e.body.len() + 64);
                 if render(&e, &mut out) {
+                    self.report_status("cache", "HIT").await?;
+                    self.shared
+                        .hot
+                        .query_cache
+                        .observe(started.elapsed().as_secs_f64());
                     count(
                         if e.age(crate::cache::entry::now_ms()) == crate::cache::Age::Fresh {
                             "hit"

@@ -3,6 +3,7 @@
 
 mod cached;
 pub mod cancel;
+mod observe;
 mod relay;
 mod routing;
 mod session;
@@ -51,6 +52,12 @@ pub struct Shared {
     pub classifier: crate::router::Classifier,
     /// The query cache.
     pub cache: Arc<crate::cache::Cache>,
+    /// Recent slow requests.
+    pub slow: observe::SlowLog,
+    /// Paused databases.
+    pub pauses: crate::pool::Pauses,
+    /// Where the Postgres listener is bound (SQL over HTTP connects there).
+    pub pg_addr: std::sync::OnceLock<SocketAddr>,
     /// Client connections per database (for `max_client_connections`).
     pub db_clients: Mutex<HashMap<String, usize>>,
 }

@@ -110,6 +110,7 @@ impl Session {
                 }
             }
             if h.tag == tag::READY_FOR_QUERY {
+                self.finish_request();
                 self.finish_capture();
                 if rbuf.get(pos + HEADER_LEN) == Some(&b'I') && self.unit_writes.is_some() {
                     // The unit's writes are committed (or rolled back): bump again

@@ -94,6 +94,15 @@ impl Session {
             && self.pinned.is_none()
     }
 
+    /// Where the attached unit runs, as reported to clients that ask.
+    pub(super) fn route_label(&self) -> &'static str {
+        if self.on_replica() {
+            "replica"
+        } else {
+            "primary"
+        }
+    }
+
     /// The attached unit runs on a replica.
     pub(super) fn on_replica(&self) -> bool {
         matches!(

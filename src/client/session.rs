@@ -35,7 +35,7 @@ pub async fn run(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     let mut buf = BytesMut::with_capacity(4096);
     let hello =
         tokio::time::timeout(cfg.limits.auth_timeout, read_startup(&stream, &mut buf)).await;
-    let params = match hello {
+    let mut params = match hello {
         Ok(Ok(Hello::Session { params })) => params,
         Ok(Ok(Hello::Cancel { pid, secret })) => {
             let outcome = shared.cancels.cancel(pid, secret).await;
@@ -70,6 +70,11 @@ pub async fn run(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
         )
         .await;
     }
+    // sluice's own startup option, never passed on to Postgres.
+    let report = params
+        .iter()
+        .any(|(k, v)| k == "sluice.report" && v == "on");
+    params.retain(|(k, _)| k != "sluice.report");
     let (pid, secret, slot) = shared.cancels.register();
     let startup = shared.params.intern(from_startup(&params));
     let mut session = Session {
@@ -96,6 +101,8 @@ pub async fn run(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
         skip_frames: 0,
         capture: None,
         unit_writes: None,
+        request_at: None,
+        report,
         state: ClientState::new(startup),
         server: None,
         attached_at: Instant::now(),
@@ -342,6 +349,10 @@ pub(super) struct Session {
     pub(super) capture: Option<Box<super::cached::Capture>>,
     /// Tables the current unit wrote (bumped again when it ends).
     pub(super) unit_writes: Option<super::cached::UnitWrites>,
+    /// When the oldest request in flight was sent, and its first frame.
+    pub(super) request_at: Option<(Instant, Bytes)>,
+    /// The client asked for route and cache reports (`sluice.report=on`).
+    pub(super) report: bool,
     pub(super) state: ClientState,
     pub(super) server: Option<Box<ServerConn>>,
     pub(super) attached_at: Instant,
@@ -587,6 +598,18 @@ impl Session {
                     return Ok(false);
                 }
             }
+        }
+        let limit = self.pool.settings().checkout_timeout;
+        if !self
+            .shared
+            .pauses
+            .wait(&self.identity.database, limit)
+            .await
+        {
+            self.next = None;
+            let e = Error::Paused(self.identity.database.clone());
+            self.report(&e, answers_rfq).await?;
+            return Ok(false);
         }
         let (mut target, mut reason) = self.next.take().unwrap_or((Target::Primary, Reason::Write));
         loop {

@@ -60,7 +60,13 @@ impl Session {
             let class = self.shared.classifier.get(text);
             self.note_writes(&[class]).await;
         }
+        if self.report {
+            let cache = if capture.is_some() { "MISS" } else { "BYPASS" };
+            let route = self.route_label();
+            self.report_status(route, cache).await?;
+        }
         self.capture = capture;
+        self.start_request(&frame);
         if info.ddl {
             self.saw_ddl = true;
         }
@@ -239,7 +245,15 @@ impl Session {
             let classes = self.batch_classes(frames)?;
             self.note_writes(&classes).await;
         }
+        if self.report {
+            let cache = if capture.is_some() { "MISS" } else { "BYPASS" };
+            let route = self.route_label();
+            self.report_status(route, cache).await?;
+        }
         self.capture = capture;
+        if let Some(f) = frames.first() {
+            self.start_request(f);
+        }
         self.keep_for_failover(frames, sync);
         let sent = self.translate_and_send(frames, true).await;
         self.after_send(sent).await

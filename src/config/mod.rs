@@ -3,6 +3,7 @@
 //! loader, nowhere else.
 
 mod cache;
+mod http;
 mod reader;
 mod routing;
 mod secret;
@@ -18,6 +19,7 @@ use toml::de::DeTable;
 
 use crate::auth::scram::ScramSecret;
 pub use cache::{normalize_space, CacheRule, CacheSettings, RuleMatch};
+pub use http::{HttpSettings, LogSettings};
 pub use reader::parse_size;
 use reader::{Ctx, Table};
 pub use routing::{Consistency, Fallback, LagLimits, LagSettings, RoutingSettings};
@@ -255,6 +257,10 @@ pub struct Config {
     pub lag: LagSettings,
     /// Query cache.
     pub cache: CacheSettings,
+    /// HTTP admin and SQL-over-HTTP settings.
+    pub http: HttpSettings,
+    /// Logging.
+    pub log: LogSettings,
     /// Databases.
     pub databases: Vec<Database>,
     /// Client users.
@@ -409,6 +415,14 @@ fn read_root(root: &mut Table<'_, '_>) -> Option<Config> {
         Some(mut t) => routing::read_lag(&mut t),
         None => LagSettings::default(),
     };
+    let http = match root.table("http") {
+        Some(mut t) => http::read_http(&mut t),
+        None => HttpSettings::default(),
+    };
+    let log = match root.table("log") {
+        Some(mut t) => http::read_log(&mut t),
+        None => LogSettings::default(),
+    };
     let cache = match root.table("cache") {
         Some(mut t) => cache::read_cache(&mut t),
         None => CacheSettings::default(),
@@ -459,6 +473,8 @@ fn read_root(root: &mut Table<'_, '_>) -> Option<Config> {
         routing,
         lag,
         cache,
+        http,
+        log,
         databases,
         users,
     })

@@ -1,24 +1,36 @@
-//! The HTTP face on `[listen] http`: Prometheus `/metrics`, liveness `/health`, readiness
-//! `/ready` (503 when a primary is unreachable), and read-only admin views (`/pools`).
-//! Mutating admin calls and SQL over HTTP come later; nothing here changes state.
+//! The HTTP face on `[listen] http`: Prometheus `/metrics`, liveness `/health`,
+//! readiness `/ready` (503 when a primary is unreachable), the status page at `/`, the
+//! admin API (see [`admin`]) and SQL over HTTP (see [`sql`]).
+
+mod admin;
+mod json;
+mod sql;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
+use crate::app::Reloader;
 use crate::client::Shared;
 
+/// What the handlers share.
+pub struct HttpState {
+    shared: Arc<Shared>,
+    reloader: Reloader,
+    sql: sql::SqlConns,
+}
+
 /// Serves HTTP until shutdown.
-pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
+pub async fn serve(shared: Arc<Shared>, listener: TcpListener, reloader: Reloader) {
     let shutdown = shared.shutdown.clone();
-    let app = router(shared);
+    let app = router(shared, reloader);
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.triggered().await })
         .await;
@@ -28,16 +40,36 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
 }
 
 /// The routes.
-pub fn router(shared: Arc<Shared>) -> Router {
+pub fn router(shared: Arc<Shared>, reloader: Reloader) -> Router {
+    let limit = shared.config.load().http.max_request_bytes;
+    let state = Arc::new(HttpState {
+        shared,
+        reloader,
+        sql: sql::SqlConns::default(),
+    });
     Router::new()
+        .route("/", get(page))
         .route("/metrics", get(metrics))
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/pools", get(pools))
-        .with_state(shared)
+        .route("/replicas", get(admin::replicas))
+        .route("/cache", get(admin::cache))
+        .route("/cache/invalidate", post(admin::invalidate))
+        .route("/queries", get(admin::queries))
+        .route("/reload", post(admin::reload))
+        .route("/pools/{db}/{action}", post(admin::pause))
+        .route("/v1/query", post(sql::query))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
 }
 
-async fn metrics(State(sh): State<Arc<Shared>>) -> Response {
+async fn page() -> Html<&'static str> {
+    Html(include_str!("page.html"))
+}
+
+async fn metrics(State(st): State<Arc<HttpState>>) -> Response {
+    let sh = &st.shared;
     (
         [(
             header::CONTENT_TYPE,
@@ -76,12 +108,13 @@ fn pool_views(sh: &Shared) -> Vec<Value> {
     out
 }
 
-async fn pools(State(sh): State<Arc<Shared>>) -> Json<Value> {
-    Json(json!({ "pools": pool_views(&sh) }))
+async fn pools(State(st): State<Arc<HttpState>>) -> Json<Value> {
+    Json(json!({ "pools": pool_views(&st.shared) }))
 }
 
 /// Ready when the config is loaded and every database's primary accepts TCP connections.
-async fn ready(State(sh): State<Arc<Shared>>) -> (StatusCode, Json<Value>) {
+async fn ready(State(st): State<Arc<HttpState>>) -> (StatusCode, Json<Value>) {
+    let sh = &st.shared;
     let cfg = sh.config.load_full();
     let mut databases = Vec::new();
     let mut all_up = true;
@@ -95,8 +128,21 @@ async fn ready(State(sh): State<Arc<Shared>>) -> (StatusCode, Json<Value>) {
             Ok(Ok(_))
         );
         all_up &= up;
-        databases.push(json!({ "name": db.name, "primary": db.primary, "primary_reachable": up }));
+        databases.push(json!({
+            "name": db.name,
+            "primary": db.primary,
+            "primary_reachable": up,
+            "paused": sh.pauses.is_paused(&db.name),
+        }));
     }
+    let mut replicas: Vec<Value> = sh
+        .routers
+        .all()
+        .iter()
+        .filter(|r| !r.replicas.is_empty())
+        .map(|r| admin::replica_view(r))
+        .collect();
+    replicas.sort_by(|a, b| a["database"].as_str().cmp(&b["database"].as_str()));
     let status = if all_up {
         StatusCode::OK
     } else {
@@ -107,7 +153,9 @@ async fn ready(State(sh): State<Arc<Shared>>) -> (StatusCode, Json<Value>) {
         "config_loaded": true,
         "shutting_down": sh.shutdown.is_triggered(),
         "databases": databases,
-        "pools": pool_views(&sh),
+        "pools": pool_views(sh),
+        "replicas": replicas,
+        "cache": admin::cache_view(&st),
     });
     (status, Json(body))
 }

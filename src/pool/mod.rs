@@ -5,6 +5,7 @@
 //! in goes straight to the longest waiter; a slot freed by a closed connection lets the
 //! longest waiter open a new one. Waiting ends at `checkout_timeout` with SQLSTATE 53300.
 
+mod pause;
 mod registry;
 
 use std::collections::{HashMap, VecDeque};
@@ -15,6 +16,7 @@ use arc_swap::ArcSwap;
 use futures_util::FutureExt;
 use tokio::sync::oneshot;
 
+pub use pause::Pauses;
 pub use registry::{PoolId, Pools};
 
 use crate::config::PoolSettings;

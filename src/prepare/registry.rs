@@ -1,7 +1,7 @@
 //! The process-wide registry of server statements.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use bytes::{Bytes, BytesMut};
@@ -40,6 +40,23 @@ pub struct ServerStatement {
     pub executions: AtomicU64,
     /// Their total time in nanoseconds.
     pub total_nanos: AtomicU64,
+    /// Their times in buckets doubling from 50µs (for percentiles).
+    pub buckets: [AtomicU32; BUCKETS],
+}
+
+/// Latency buckets per statement: 50µs, 100µs, ... (doubling), the last open-ended.
+pub const BUCKETS: usize = 20;
+
+fn bucket_of(elapsed: std::time::Duration) -> usize {
+    let us = elapsed.as_micros() as u64;
+    let mut bound = 50u64;
+    for i in 0..BUCKETS - 1 {
+        if us <= bound {
+            return i;
+        }
+        bound *= 2;
+    }
+    BUCKETS - 1
 }
 
 impl ServerStatement {
@@ -48,6 +65,31 @@ impl ServerStatement {
         self.executions.fetch_add(1, Ordering::Relaxed);
         self.total_nanos
             .fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
+        self.buckets[bucket_of(elapsed)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The upper bound of the bucket holding quantile `q` of the timed executions.
+    pub fn quantile(&self, q: f64) -> Option<std::time::Duration> {
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| u64::from(b.load(Ordering::Relaxed)))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((total as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        let mut bound = 50u64;
+        for (i, c) in counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank || i == BUCKETS - 1 {
+                return Some(std::time::Duration::from_micros(bound));
+            }
+            bound *= 2;
+        }
+        None
     }
 }
 
@@ -86,12 +128,19 @@ impl StatementRegistry {
             key: key.clone(),
             executions: AtomicU64::new(0),
             total_nanos: AtomicU64::new(0),
+            buckets: Default::default(),
         });
         if map.len() > 1024 && map.len().is_power_of_two() {
             map.retain(|_, w| w.strong_count() > 0);
         }
         map.insert(key, Arc::downgrade(&stmt));
         stmt
+    }
+
+    /// Every live statement.
+    pub fn all(&self) -> Vec<Arc<ServerStatement>> {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.values().filter_map(Weak::upgrade).collect()
     }
 
     /// Live entries (for tests and metrics).
@@ -134,5 +183,17 @@ mod tests {
         let e = r.get_or_create(key("SELECT 1", None), StatementInfo::default);
         assert_ne!(e.id, c.id);
         assert_eq!(r.len(), 3);
+        for ms in [1u64, 1, 1, 1, 1, 1, 1, 1, 1, 30] {
+            e.record(std::time::Duration::from_millis(ms));
+        }
+        assert_eq!(
+            e.quantile(0.5),
+            Some(std::time::Duration::from_micros(1600))
+        );
+        assert_eq!(
+            e.quantile(0.99),
+            Some(std::time::Duration::from_micros(51_200))
+        );
+        assert_eq!(r.all().len(), 3);
     }
 }

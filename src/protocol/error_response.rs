@@ -105,6 +105,10 @@ pub struct ErrorFields {
     pub code: String,
     /// Primary message (M).
     pub message: String,
+    /// Detail (D).
+    pub detail: Option<String>,
+    /// Hint (H).
+    pub hint: Option<String>,
 }
 
 impl ErrorFields {
@@ -128,6 +132,8 @@ pub fn parse_error_fields(body: &[u8]) -> ErrorFields {
             b'S' if f.severity.is_empty() => f.severity = val,
             b'C' => f.code = val,
             b'M' => f.message = val,
+            b'D' => f.detail = Some(val),
+            b'H' => f.hint = Some(val),
             _ => {}
         }
         i += 1 + end + 1;

@@ -39,6 +39,8 @@ impl SqlState {
     pub const PROGRAM_LIMIT_EXCEEDED: Self = Self("54000");
     /// XX000 internal_error.
     pub const INTERNAL_ERROR: Self = Self("XX000");
+    /// 57P03 cannot_connect_now.
+    pub const CANNOT_CONNECT_NOW: Self = Self("57P03");
     /// invalid_parameter_value
     pub const INVALID_PARAMETER_VALUE: Self = Self("22023");
 

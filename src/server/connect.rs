@@ -99,6 +99,16 @@ pub async fn connect(
     login: &Login,
     empty: Arc<ParamSet>,
 ) -> Result<ServerConn, ConnectFailure> {
+    connect_with(addr, login, empty, &[]).await
+}
+
+/// [`connect`] with extra startup parameters.
+pub async fn connect_with(
+    addr: &str,
+    login: &Login,
+    empty: Arc<ParamSet>,
+    extra: &[(&str, &str)],
+) -> Result<ServerConn, ConnectFailure> {
     let stream = TcpStream::connect(addr)
         .await
         .map_err(|e| fail(format!("connect: {e}")))?;
@@ -114,7 +124,10 @@ pub async fn connect(
     for (k, v) in [
         ("user", login.user.as_str()),
         ("database", login.dbname.as_str()),
-    ] {
+    ]
+    .into_iter()
+    .chain(extra.iter().copied())
+    {
         out.put_slice(k.as_bytes());
         out.put_u8(0);
         out.put_slice(v.as_bytes());

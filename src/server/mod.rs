@@ -9,4 +9,4 @@ pub mod params;
 pub mod query;
 
 pub use conn::{CancelKey, ServerConn};
-pub use connect::{connect, Login, ServerAuth};
+pub use connect::{connect, connect_with, Login, ServerAuth};

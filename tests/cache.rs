@@ -14,44 +14,13 @@ use support::valkey::Valkey;
 use support::{cluster, connect, Sluice, SCRAM_USER};
 
 fn cache_config(rules: &str, valkey: Option<&str>) -> String {
-    let c = cluster();
     let valkey = valkey
         .map(|u| format!("valkey = \"{u}\"\n"))
         .unwrap_or_default();
-    format!(
-        r#"
-[listen]
-postgres = "127.0.0.1:0"
-http = "127.0.0.1:0"
-
-[lag]
-probe_interval = "50ms"
-stale_after = "1s"
-
-[pool]
-size = 8
-
-[cache]
-{valkey}
-{rules}
-
-[[databases]]
-name = "appdb"
-primary = "{primary}"
-user = "{u}"
-password = "{pw}"
-
-[[users]]
-name = "{u}"
-password = "{pw}"
-
-[[users]]
-name = "alice"
-password = "alice_pw"
-"#,
-        primary = c.addr(),
-        u = SCRAM_USER.0,
-        pw = SCRAM_USER.1,
+    support::appdb_config(
+        &cluster().addr(),
+        &format!("[pool]\nsize = 8\n\n[cache]\n{valkey}\n{rules}"),
+        "",
     )
 }
 

@@ -37,39 +37,12 @@ async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
 }
 
 fn routing_config(consistency: &str, max_lag: &str) -> String {
-    let (p, r) = (cluster(), replica());
-    format!(
-        r#"
-[listen]
-postgres = "127.0.0.1:0"
-http = "127.0.0.1:0"
-
-[lag]
-probe_interval = "50ms"
-stale_after = "1s"
-
-[routing]
-consistency = "{consistency}"
-max_lag = "{max_lag}"
-
-[pool]
-size = 12
-
-[[databases]]
-name = "appdb"
-primary = "{primary}"
-replicas = ["{replica}"]
-user = "{u}"
-password = "{pw}"
-
-[[users]]
-name = "{u}"
-password = "{pw}"
-"#,
-        primary = p.addr(),
-        replica = r.addr(),
-        u = SCRAM_USER.0,
-        pw = SCRAM_USER.1,
+    support::appdb_config(
+        &cluster().addr(),
+        &format!(
+            "[routing]\nconsistency = \"{consistency}\"\nmax_lag = \"{max_lag}\"\n\n[pool]\nsize = 12"
+        ),
+        &format!("replicas = [\"{}\"]", replica().addr()),
     )
 }
 

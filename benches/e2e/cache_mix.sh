@@ -38,11 +38,9 @@ set -euo pipefail
 # Configuration
 # ---------------------------------------------------------------------------
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-REPO_ROOT=$(cd "$SCRIPT_DIR/../.." && pwd)
+# shellcheck source=lib.sh
+source "$SCRIPT_DIR/lib.sh"   # helpers, REPO_ROOT and the shared knobs (SLUICE_BIN, PG_BIN, …)
 
-abspath() { case $1 in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "$PWD/$1" ;; esac; }
-
-SLUICE_BIN=$(abspath "${SLUICE_BIN:-$REPO_ROOT/target/release/sluice}")
 VALKEY_BIN=${VALKEY_BIN:-}
 OUT=$(abspath "${OUT:-$REPO_ROOT/benches/e2e/results/cache-mix.md}")
 CLIENTS=${CLIENTS:-64}
@@ -51,27 +49,12 @@ WARMUP=${WARMUP:-3}
 MODE=${MODE:-extended}
 POOL_SIZE=${POOL_SIZE:-16}
 HOT_PCT=${HOT_PCT:-95}
-PGBENCH_THREADS=${PGBENCH_THREADS:-2}
-PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
-PG_OS_USER=${PG_OS_USER:-postgres}
-SLUICE_RUST_LOG=${SLUICE_RUST_LOG:-warn}
-KEEP_TMP=${KEEP_TMP:-0}
+# DB, DB_USER, PG_SUPERUSER, the deadlines and the size of the permission tables
+# (PERM_*, as in pgbench_compare.sh's permission-join workload) are set in lib.sh.
 
-DB=bench
-DB_USER=bench
-DB_PASSWORD=bench
-PG_SUPERUSER=postgres
-STARTUP_DEADLINE=60   # seconds to wait for any server to come up
-STOP_DEADLINE=20      # seconds to wait for any server to stop before SIGKILL
 PERM_WEIGHT=7         # pgbench -f perm.sql@7 -f tenant.sql@3
 TENANT_WEIGHT=3
 CATALOG_WAIT=1        # seconds after sluice is up, for its monitor to load the function catalog
-
-# Permission tables, as in pgbench_compare.sh's permission-join workload.
-PERM_TENANTS=1000         # 50 users and 5 roles per tenant
-PERM_USERS=50000          # 1 to 3 roles each (2 on average)
-PERM_ROLES_PER_TENANT=5   # 10 to 30 permissions each (20 on average)
-PERM_PERMISSIONS=200      # 50 resources x 4 actions
 SETTING_KEYS=(locale timezone theme plan max_users)   # tenant_settings rows per tenant
 # Hot sets: HOT_PCT% of the lookups pick from these, the rest from everything.
 HOT_USERS=500
@@ -84,125 +67,25 @@ CACHE_RESULTS="hit stale miss bypass"   # sluice_cache_requests_total results
 FILL_RESULTS="stored rejected too_large" # sluice_cache_fills_total results
 
 # ---------------------------------------------------------------------------
-# Global state (all initialised so the EXIT trap is safe at any point)
+# Global state (all initialised so the EXIT trap is safe at any point; WORK,
+# PG_PID, PGBENCH_PID and WRAPPER_PIDS are in lib.sh)
 # ---------------------------------------------------------------------------
-WORK=""                 # temp dir
-PG_PID=""               # postmaster pid (session leader)
 VALKEY_PID=""           # valkey-server pid (session leader)
 declare -A SLUICE_PIDS=()        # target -> pid (session leader)
 declare -A SLUICE_PORTS=()       # target -> listen.postgres port
 declare -A SLUICE_HTTP_PORTS=()  # target -> listen.http port
-PGBENCH_PID=""          # currently running pgbench (via timeout), if any
-WRAPPER_PIDS=()         # background helpers (runuser/setsid wrappers) we spawned
 PG_PORT="" VALKEY_PORT=""
 PG_VERSION="" SLUICE_VERSION="" VALKEY_VERSION="" PGBENCH_VERSION=""
 LOAD_BEFORE=""
-CLK_TCK=$(getconf CLK_TCK)
 STARTED_AT=$SECONDS
-declare -A RESULT       # target -> "OK tps txns failed pg_ticks sl_ticks vk_ticks elapsed_us" or "FAILED"
+# RESULT (lib.sh):   target -> "OK tps txns failed pg_ticks sl_ticks vk_ticks elapsed_us" or "FAILED"
 declare -A LATENCY      # target -> "p50_ms p99_ms perm_p50 perm_p99 tenant_p50 tenant_p99 n"
 declare -A CACHE        # target -> "hit stale miss bypass stored rejected too_large valkey_errors"
-declare -A FAILNOTE     # target -> why the run failed
+# FAILNOTE (lib.sh): target -> why the run failed
 
 # ---------------------------------------------------------------------------
-# Helpers (log .. psql_bench, tree_cpu_ticks, fetch_metrics as in routing_mix.sh)
+# Helpers (log, die, spawn_daemon, psql_su, tree_cpu_ticks, fetch_metrics … are in lib.sh)
 # ---------------------------------------------------------------------------
-log()  { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-warn() { printf '[%(%H:%M:%S)T] WARNING: %s\n' -1 "$*" >&2; }
-
-# die MESSAGE [LOGFILE]: print an error (and the tail of LOGFILE) and exit.
-die() {
-    printf '[%(%H:%M:%S)T] ERROR: %s\n' -1 "$1" >&2
-    if [[ -n ${2:-} && -f ${2:-} ]]; then
-        printf -- '--- last lines of %s ---\n' "$2" >&2
-        tail -n 30 "$2" >&2 || true
-        printf -- '---\n' >&2
-    fi
-    exit 1
-}
-
-# Run a command as the unprivileged server user when we are root.
-as_pg() {
-    if [[ $EUID -eq 0 ]]; then runuser -u "$PG_OS_USER" -- "$@"; else "$@"; fi
-}
-
-# alive PID: true if PID exists and is not a zombie.
-alive() {
-    local st
-    [[ -n ${1:-} ]] || return 1
-    st=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-    st=${st##*) }
-    [[ ${st:0:1} != Z ]]
-}
-
-# pick_free_ports N: print N distinct free TCP ports on 127.0.0.1, chosen below
-# the kernel's ephemeral range so client connections cannot grab them.
-pick_free_ports() {
-    local n=$1
-    if command -v python3 >/dev/null 2>&1; then
-        python3 - "$n" <<'EOF'
-import random, socket, sys
-n, held = int(sys.argv[1]), []
-while len(held) < n:
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        s.bind(("127.0.0.1", random.randrange(20000, 32000)))
-        held.append(s)
-    except OSError:
-        s.close()
-print(" ".join(str(s.getsockname()[1]) for s in held))
-EOF
-    else
-        # Fallback: a port nobody answers on is considered free.
-        local -a ports=() p
-        while ((${#ports[@]} < n)); do
-            p=$((20000 + RANDOM % 12000))
-            [[ " ${ports[*]} " == *" $p "* ]] && continue
-            if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then ports+=("$p"); fi
-        done
-        echo "${ports[*]}"
-    fi
-}
-
-# spawn_daemon PIDVAR NAME LOGFILE AS_SERVER_USER(0|1) CMD...
-# Starts CMD in a new session (setsid), so it is a session and process-group
-# leader, like a daemon, and gets its own scheduler autogroup instead of sharing
-# the benchmark's session with pgbench. Stores the daemon's pid in PIDVAR.
-spawn_daemon() {
-    local pidvar=$1 name=$2 logfile=$3 as_user=$4; shift 4
-    local pidfile="$WORK/$name.pid"
-    local -a prefix=()
-    if [[ $as_user == 1 && $EUID -eq 0 ]]; then prefix=(runuser -u "$PG_OS_USER" --); fi
-    rm -f "$pidfile"
-    # bash raises its fd limit to the hard limit, writes its own pid, then execs the
-    # server in place (same pid).
-    # shellcheck disable=SC2016  # $$ and $@ expand in the inner bash, on purpose
-    "${prefix[@]}" setsid bash -c 'ulimit -n "$(ulimit -Hn)" 2>/dev/null
-        echo $$ >"$0.tmp" && mv "$0.tmp" "$0" && exec "$@"' \
-        "$pidfile" "$@" </dev/null >>"$logfile" 2>&1 &
-    WRAPPER_PIDS+=($!)
-    local deadline=$((SECONDS + 10))
-    until [[ -s $pidfile ]]; do
-        ((SECONDS < deadline)) || die "$name: did not start (no pid file)" "$logfile"
-        sleep 0.05
-    done
-    printf -v "$pidvar" '%s' "$(<"$pidfile")"
-}
-
-# wait_until DEADLINE_SECONDS PID LOGFILE WHAT CMD...: poll CMD until it succeeds,
-# failing early if PID dies and late if the deadline passes.
-wait_until() {
-    local secs=$1 pid=$2 logfile=$3 what=$4; shift 4
-    local deadline=$((SECONDS + secs))
-    until "$@" >/dev/null 2>&1; do
-        alive "$pid" || die "$what: process $pid exited during startup" "$logfile"
-        ((SECONDS < deadline)) || die "$what: not ready after ${secs}s" "$logfile"
-        sleep 0.1
-    done
-}
-
-tcp_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
 # valkey_ping PORT: true when Valkey answers PING with +PONG (RESP inline command).
 valkey_ping() {
     # shellcheck disable=SC2016  # $1 expands in the inner bash, on purpose
@@ -210,87 +93,6 @@ valkey_ping() {
         printf "PING\r\n" >&3
         IFS= read -r -t 2 line <&3 || exit 1
         [[ $line == +PONG* ]]' _ "$1" 2>/dev/null
-}
-
-# psql_bench PORT SQL: run SQL as the bench user over TCP (password auth).
-psql_bench() {
-    PGPASSWORD=$DB_PASSWORD PGCONNECT_TIMEOUT=5 timeout 15 \
-        psql -X -h 127.0.0.1 -p "$1" -U "$DB_USER" -d "$DB" -Atq -v ON_ERROR_STOP=1 -c "$2"
-}
-
-# psql_su PORT DATABASE SQL: run SQL as the superuser over the Unix socket (trust).
-psql_su() {
-    PGCONNECT_TIMEOUT=5 timeout 15 \
-        psql -X -h "$WORK" -p "$1" -U "$PG_SUPERUSER" -d "$2" -Atq -v ON_ERROR_STOP=1 -c "$3"
-}
-
-# now_us: wall clock in microseconds (EPOCHREALTIME without its decimal point).
-now_us() { local t=$EPOCHREALTIME; echo "${t/[.,]/}"; }
-
-# tree_cpu_ticks PID: CPU clock ticks (utime+stime+cutime+cstime) of PID and all
-# its live descendants. cutime/cstime include children already reaped, so the sum
-# keeps counting backends that exited. Tolerates processes vanishing mid-scan.
-tree_cpu_ticks() {
-    local root=$1
-    [[ -n $root ]] || { echo 0; return 0; }
-    { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v root="$root" '
-        {
-            # comm (field 2) may contain spaces and parens: split after the last ")".
-            p = 0; for (i = length($0); i > 0; i--) if (substr($0, i, 1) == ")") { p = i; break }
-            if (p == 0) next
-            pid = $1 + 0
-            n = split(substr($0, p + 2), f, " ")
-            if (n < 15) next
-            ppid[pid] = f[2] + 0
-            ticks[pid] = f[12] + f[13] + f[14] + f[15]
-        }
-        END {
-            if (!(root in ticks)) { print 0; exit }
-            # Breadth-first walk of descendants.
-            total = 0; q[1] = root; head = 1; tail = 1
-            while (head <= tail) {
-                cur = q[head++]; total += ticks[cur]
-                for (c in ppid) if (ppid[c] == cur && c != cur) q[++tail] = c
-            }
-            print total
-        }'
-}
-
-# Pids of Postgres' live backends serving the bench user (this includes sluice's
-# pooled server connections and its monitor), space-separated.
-bench_backend_pids() { pgrep -d ' ' -P "$PG_PID" -f "^postgres: $DB_USER " 2>/dev/null || true; }
-
-# wait_new_backends_gone "BASELINE PIDS": after a direct run its backends exit on
-# their own; wait until every backend not in BASELINE has been reaped, so its CPU
-# has moved into the postmaster's cutime/cstime before we read it.
-wait_new_backends_gone() {
-    local baseline=" $1 " deadline=$((SECONDS + 30)) pid left
-    while :; do
-        left=0
-        for pid in $(bench_backend_pids); do
-            if [[ $baseline != *" $pid "* ]]; then left=$((left + 1)); fi
-        done
-        ((left > 0)) || return 0
-        if ((SECONDS >= deadline)); then
-            warn "$left direct-connection backend(s) still alive after 30s; CPU figures may be off"
-            return 0
-        fi
-        sleep 0.05
-    done
-}
-
-# fetch_metrics HTTP_PORT: sluice's Prometheus text on stdout.
-fetch_metrics() {
-    local url="http://127.0.0.1:$1/metrics"
-    if command -v curl >/dev/null 2>&1; then
-        curl -fsS --max-time 5 "$url"
-    else
-        python3 - "$url" <<'EOF'
-import sys, urllib.request
-with urllib.request.urlopen(sys.argv[1], timeout=5) as r:
-    sys.stdout.write(r.read().decode())
-EOF
-    fi
 }
 
 # cache_counts HTTP_PORT: "metric rule result count" lines of
@@ -379,13 +181,8 @@ find_valkey() {
 }
 
 check_prerequisites() {
-    local p
-    for p in initdb postgres pg_isready pg_ctl; do
-        [[ -x $PG_BIN/$p ]] || die "$PG_BIN/$p not found (PostgreSQL 15 server binaries; set PG_BIN or apt-get install postgresql-15)"
-    done
-    for p in pgbench psql setsid awk sort pgrep getconf timeout; do
-        command -v "$p" >/dev/null || die "'$p' not found in PATH"
-    done
+    require_pg_bin initdb postgres pg_isready pg_ctl
+    require_cmd pgbench psql setsid awk sort pgrep getconf timeout
     command -v curl >/dev/null || command -v python3 >/dev/null \
         || die "need curl or python3 to read sluice's /metrics"
     [[ -x $SLUICE_BIN ]] || die "sluice binary $SLUICE_BIN not found (cargo build --release, or set SLUICE_BIN)"
@@ -410,9 +207,7 @@ check_prerequisites() {
 }
 
 make_workdir() {
-    WORK=$(mktemp -d "${TMPDIR:-/tmp}/sluice-cache.XXXXXX")
-    chmod 755 "$WORK"
-    if [[ $EUID -eq 0 ]]; then chown "$PG_OS_USER" "$WORK"; fi
+    create_work_dir sluice-cache
     local -a ports; read -ra ports <<<"$(pick_free_ports 8)"
     PG_PORT=${ports[0]} VALKEY_PORT=${ports[1]}
     local i=2 t msg=""
@@ -483,39 +278,16 @@ write_sluice_configs() {
 }
 
 start_postgres() {
-    local data=$WORK/pgdata logfile=$WORK/postgres.log
-    log "initdb (PostgreSQL: $("$PG_BIN/postgres" --version))"
-    as_pg "$PG_BIN/initdb" -D "$data" -U "$PG_SUPERUSER" -E UTF8 --locale=C --no-sync \
-        --auth-local=trust --auth-host=scram-sha-256 >"$WORK/initdb.log" 2>&1 \
-        || die "initdb failed" "$WORK/initdb.log"
-    cat >>"$data/postgresql.conf" <<EOF
-
-# --- sluice cache benchmark ---
-listen_addresses = '127.0.0.1'
-port = $PG_PORT
-unix_socket_directories = '$WORK'
-max_connections = 400
-shared_buffers = 256MB
-fsync = off
-synchronous_commit = on
-password_encryption = 'scram-sha-256'
-logging_collector = off
-log_min_messages = warning
-EOF
+    local data=$WORK/pgdata
+    init_pgdata "$data" "$PG_PORT" "sluice cache benchmark" "synchronous_commit = on"
     cat >"$data/pg_hba.conf" <<EOF
 local all all trust
 host all all 127.0.0.1/32 scram-sha-256
 EOF
-    spawn_daemon PG_PID postgres "$logfile" 1 "$PG_BIN/postgres" -D "$data"
-    wait_until "$STARTUP_DEADLINE" "$PG_PID" "$logfile" "postgres" \
-        "$PG_BIN/pg_isready" -q -t 1 -h 127.0.0.1 -p "$PG_PORT"
+    spawn_postgres PG_PID postgres "$data" "$PG_PORT"
     PG_VERSION=$(psql_su "$PG_PORT" postgres 'SELECT version()' | sed 's/, compiled by.*//')
     log "postgres up (pid $PG_PID, port $PG_PORT): $PG_VERSION"
-
-    psql -X -q -h "$WORK" -p "$PG_PORT" -U "$PG_SUPERUSER" -d postgres -v ON_ERROR_STOP=1 \
-        -c "CREATE ROLE $DB_USER LOGIN PASSWORD '$DB_PASSWORD'" \
-        -c "CREATE DATABASE $DB OWNER $DB_USER" >>"$WORK/setup.log" 2>&1 \
-        || die "creating role/database failed" "$WORK/setup.log"
+    create_bench_db "$PG_PORT"
 }
 
 # load_data: the permission tables exactly as pgbench_compare.sh's
@@ -525,47 +297,9 @@ load_data() {
     local sql=$WORK/setup.sql keys
     keys=$(printf "'%s', " "${SETTING_KEYS[@]}"); keys=${keys%, }
     log "creating and filling the permission tables and tenant_settings"
-    cat >"$sql" <<EOF
-CREATE TABLE tenants (id int NOT NULL, name text NOT NULL, active boolean NOT NULL);
-CREATE TABLE users (id int NOT NULL, tenant_id int NOT NULL, email text NOT NULL);
-CREATE TABLE roles (id int NOT NULL, tenant_id int NOT NULL, name text NOT NULL);
-CREATE TABLE user_roles (user_id int NOT NULL, role_id int NOT NULL);
-CREATE TABLE permissions (id int NOT NULL, name text NOT NULL);
-CREATE TABLE role_permissions (role_id int NOT NULL, permission_id int NOT NULL);
-
--- Every 50th tenant is inactive: its users get no permissions.
-INSERT INTO tenants SELECT t, 'tenant-' || t, t % 50 <> 0 FROM generate_series(1, $PERM_TENANTS) t;
-INSERT INTO users SELECT u, (u - 1) % $PERM_TENANTS + 1, 'user' || u || '@example.com'
-    FROM generate_series(1, $PERM_USERS) u;
-INSERT INTO roles SELECT (t - 1) * $PERM_ROLES_PER_TENANT + k + 1, t,
-        (ARRAY['admin', 'editor', 'viewer', 'billing', 'support'])[k % 5 + 1] || CASE WHEN k >= 5 THEN '-' || k ELSE '' END
-    FROM generate_series(1, $PERM_TENANTS) t, generate_series(0, $PERM_ROLES_PER_TENANT - 1) k;
--- 1, 2 or 3 distinct roles of the user's own tenant (2 on average).
-INSERT INTO user_roles SELECT u.id, (u.tenant_id - 1) * $PERM_ROLES_PER_TENANT + (u.id + k) % $PERM_ROLES_PER_TENANT + 1
-    FROM users u, generate_series(0, 2) k WHERE k <= u.id % 3 AND k < $PERM_ROLES_PER_TENANT;
-INSERT INTO permissions SELECT (r - 1) * 4 + a + 1, 'resource' || r || ':' || (ARRAY['read', 'write', 'delete', 'admin'])[a + 1]
-    FROM generate_series(1, $PERM_PERMISSIONS / 4) r, generate_series(0, 3) a;
--- 10 to 30 distinct permissions per role (20 on average); 11 is coprime to 200.
-INSERT INTO role_permissions SELECT r.id, (r.id * 37 + k * 11) % $PERM_PERMISSIONS + 1
-    FROM roles r, generate_series(0, 29) k WHERE k < 10 + r.id % 21;
-
-ALTER TABLE tenants ADD PRIMARY KEY (id);
-ALTER TABLE users ADD PRIMARY KEY (id);
-ALTER TABLE roles ADD PRIMARY KEY (id);
-ALTER TABLE user_roles ADD PRIMARY KEY (user_id, role_id);
-ALTER TABLE permissions ADD PRIMARY KEY (id);
-ALTER TABLE role_permissions ADD PRIMARY KEY (role_id, permission_id);
-CREATE UNIQUE INDEX ON permissions (name);
-CREATE INDEX ON users (tenant_id);
-CREATE INDEX ON roles (tenant_id);
-CREATE INDEX ON user_roles (role_id);
-CREATE INDEX ON role_permissions (permission_id);
-ALTER TABLE users ADD FOREIGN KEY (tenant_id) REFERENCES tenants;
-ALTER TABLE roles ADD FOREIGN KEY (tenant_id) REFERENCES tenants;
-ALTER TABLE user_roles ADD FOREIGN KEY (user_id) REFERENCES users;
-ALTER TABLE user_roles ADD FOREIGN KEY (role_id) REFERENCES roles;
-ALTER TABLE role_permissions ADD FOREIGN KEY (role_id) REFERENCES roles;
-ALTER TABLE role_permissions ADD FOREIGN KEY (permission_id) REFERENCES permissions;
+    {
+        permission_tables_sql
+        cat <<EOF
 
 -- Per-tenant settings: one row per key and tenant.
 CREATE TABLE tenant_settings (tenant_id int, key text, value text, PRIMARY KEY (tenant_id, key));
@@ -580,29 +314,24 @@ SELECT t, k, CASE k
 
 VACUUM (ANALYZE) tenants, users, roles, user_roles, permissions, role_permissions, tenant_settings;
 EOF
+    } >"$sql"
     PGPASSWORD=$DB_PASSWORD PGCONNECT_TIMEOUT=5 timeout 300 \
         psql -X -q -h 127.0.0.1 -p "$PG_PORT" -U "$DB_USER" -d "$DB" -v ON_ERROR_STOP=1 -f "$sql" \
         >>"$WORK/setup.log" 2>&1 || die "loading the tables failed" "$WORK/setup.log"
     psql_su "$PG_PORT" "$DB" CHECKPOINT >>"$WORK/setup.log" 2>&1 || true
 
     # HOT_PCT% of the lookups pick from the hot set, the rest from everything.
-    cat >"$WORK/perm.sql" <<EOF
+    {
+        cat <<EOF
 \set r random(1, 100)
 \if :r > $HOT_PCT
 \set uid random(1, $PERM_USERS)
 \else
 \set uid random(1, $HOT_USERS)
 \endif
-SELECT DISTINCT p.name
-  FROM users u
-  JOIN tenants t ON t.id = u.tenant_id
-  JOIN user_roles ur ON ur.user_id = u.id
-  JOIN roles r ON r.id = ur.role_id AND r.tenant_id = u.tenant_id
-  JOIN role_permissions rp ON rp.role_id = r.id
-  JOIN permissions p ON p.id = rp.permission_id
- WHERE u.id = :uid AND t.active
- ORDER BY p.name;
 EOF
+        permission_lookup_sql
+    } >"$WORK/perm.sql"
     cat >"$WORK/tenant.sql" <<EOF
 \set r random(1, 100)
 \if :r > $HOT_PCT
@@ -636,54 +365,25 @@ start_sluice() {
     spawn_daemon "SLUICE_PIDS[$target]" "$target" "$logfile" 0 \
         env RUST_LOG="$SLUICE_RUST_LOG" SLUICE_LOG="$SLUICE_RUST_LOG" "$SLUICE_BIN" --config "$conf"
     local pid=${SLUICE_PIDS[$target]}
-    wait_until "$STARTUP_DEADLINE" "$pid" "$logfile" "$target" tcp_open "$port"
-    wait_until "$STARTUP_DEADLINE" "$pid" "$logfile" "$target (SELECT 1 through it)" \
-        psql_bench "$port" "SELECT 1"
-    wait_until "$STARTUP_DEADLINE" "$pid" "$logfile" "$target (/metrics)" fetch_metrics "$http"
+    wait_sluice_up "$pid" "$logfile" "$target" "$port" "$http"
     if [[ $target == sluice-l1-valkey ]]; then
         wait_until "$STARTUP_DEADLINE" "$pid" "$logfile" "$target (sluice_valkey_up 1 in /metrics)" \
             sluice_valkey_up "$http"
     fi
-    if [[ -z $SLUICE_VERSION ]]; then
-        SLUICE_VERSION=$(timeout 5 "$SLUICE_BIN" --version 2>/dev/null | head -n 1 || true)
-        local rev dirty=""
-        rev=$(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null || echo "without commits")
-        if [[ -n $(git -C "$REPO_ROOT" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null) ]]; then
-            dirty=" + uncommitted changes under src/ or Cargo.*"
-        fi
-        SLUICE_VERSION="${SLUICE_VERSION:-unknown version} ($SLUICE_BIN, repo $rev$dirty)"
-    fi
+    [[ -n $SLUICE_VERSION ]] || SLUICE_VERSION=$(describe_sluice "$SLUICE_BIN" "$REPO_ROOT" 1)
     log "$target up (pid $pid, port $port, http $http)"
 }
 
-# run_pgbench LOGFILE SECONDS PORT [TXLOG_PREFIX]: returns pgbench's exit status.
-# With TXLOG_PREFIX, pgbench writes per-transaction logs (-l) there. Runs in the
-# background and waits, so INT/TERM reach our trap promptly.
+# run_pgbench LOGFILE SECONDS PORT [TXLOG_PREFIX]: the perm/tenant mix; returns
+# pgbench's exit status (see pgbench_bg). With TXLOG_PREFIX, pgbench writes
+# per-transaction logs (-l) there. A failed run is recorded with run_failed (key and
+# tag: the target); the other targets still run.
 run_pgbench() {
     local logfile=$1 secs=$2 port=$3 txlog=${4:-}
-    local jobs=$((CLIENTS < PGBENCH_THREADS ? CLIENTS : PGBENCH_THREADS))
     local -a extra=()
     if [[ -n $txlog ]]; then extra=(-l --log-prefix="$txlog"); fi
-    PGPASSWORD=$DB_PASSWORD timeout --kill-after=10 $((secs + 60)) \
-        pgbench --no-vacuum -f "$WORK/perm.sql@$PERM_WEIGHT" -f "$WORK/tenant.sql@$TENANT_WEIGHT" \
-        -M "$MODE" -c "$CLIENTS" -j "$jobs" -T "$secs" "${extra[@]}" \
-        -h 127.0.0.1 -p "$port" -U "$DB_USER" "$DB" >"$logfile" 2>&1 &
-    PGBENCH_PID=$!
-    local rc=0
-    wait "$PGBENCH_PID" || rc=$?
-    PGBENCH_PID=""
-    return "$rc"
-}
-
-# run_failed TARGET WHAT [LOGFILE]: record a failed run (the other targets still run).
-run_failed() {
-    local target=$1 what=$2 logfile=${3:-} detail=""
-    if [[ -n $logfile && -f $logfile ]]; then
-        detail=$(grep -m 1 -E 'error|ERROR|FATAL' "$logfile" || tail -n 1 "$logfile")
-    fi
-    warn "$target: $what${detail:+: $detail}"
-    RESULT[$target]="FAILED"
-    FAILNOTE[$target]="$what${detail:+: $detail}"
+    pgbench_bg "$logfile" "$secs" "$port" "$CLIENTS" --no-vacuum \
+        -f "$WORK/perm.sql@$PERM_WEIGHT" -f "$WORK/tenant.sql@$TENANT_WEIGHT" -M "$MODE" "${extra[@]}"
 }
 
 # measure TARGET: warm-up + measured run; fills RESULT, LATENCY and (sluice) CACHE.
@@ -702,7 +402,7 @@ measure() {
     log "$target: ${WARMUP}s warm-up + ${DURATION}s measured run (-M $MODE -c $CLIENTS)"
     if ((WARMUP > 0)); then
         if ! run_pgbench "$wlog" "$WARMUP" "$port"; then
-            run_failed "$target" "warm-up pgbench failed" "$wlog"; return 0
+            run_failed "$target" "$target" "warm-up pgbench failed" "$wlog"; return 0
         fi
         if [[ $target == direct ]]; then wait_new_backends_gone "$baseline"; fi
     fi
@@ -715,13 +415,13 @@ measure() {
     pg0=$(tree_cpu_ticks "$PG_PID"); sl0=$(tree_cpu_ticks "$sluice_pid"); vk0=$(tree_cpu_ticks "$vk_pid")
     t0=$(now_us)
     if ! run_pgbench "$mlog" "$DURATION" "$port" "$WORK/txlog-$target"; then
-        run_failed "$target" "pgbench failed" "$mlog"; return 0
+        run_failed "$target" "$target" "pgbench failed" "$mlog"; return 0
     fi
     if [[ $target == direct ]]; then wait_new_backends_gone "$baseline"; fi
     t1=$(now_us)
     pg1=$(tree_cpu_ticks "$PG_PID"); sl1=$(tree_cpu_ticks "$sluice_pid"); vk1=$(tree_cpu_ticks "$vk_pid")
     if [[ -n $sluice_pid ]] && ! alive "$sluice_pid"; then
-        run_failed "$target" "sluice process $sluice_pid died" "$WORK/$target.log"; return 0
+        run_failed "$target" "$target" "sluice process $sluice_pid died" "$WORK/$target.log"; return 0
     fi
     if [[ -n $http ]]; then
         cache_counts "$http" >"$after" || die "$target: reading /metrics failed"
@@ -730,11 +430,9 @@ measure() {
     fi
 
     local txns tps failed
-    txns=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$mlog")
-    tps=$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time).*/\1/p' "$mlog")
-    failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' "$mlog")
+    txns=$(pgbench_stat "$mlog" txns); tps=$(pgbench_stat "$mlog" tps); failed=$(pgbench_stat "$mlog" failed)
     if [[ -z $txns || -z $tps || $txns -eq 0 ]]; then
-        run_failed "$target" "could not parse pgbench output" "$mlog"; return 0
+        run_failed "$target" "$target" "could not parse pgbench output" "$mlog"; return 0
     fi
     RESULT[$target]="OK $tps $txns ${failed:-0} $((pg1 - pg0)) $((sl1 - sl0)) $((vk1 - vk0)) $((t1 - t0))"
     LATENCY[$target]=$(latency_stats "$target")
@@ -805,15 +503,8 @@ latency_row() {
     echo "| $target | ${l[0]} | ${l[1]} | ${l[2]} | ${l[3]} | ${l[4]} | ${l[5]} | ${l[6]} |"
 }
 
-# sluice_log_lines TARGET: WARN/ERROR lines of its log, without ANSI colours.
-sluice_log_lines() {
-    local f=$WORK/$1.log
-    [[ -f $f ]] || return 0
-    sed 's/\x1b\[[0-9;]*m//g' "$f" | grep -E '(^|[[:space:]])(WARN|ERROR)[[:space:]]' || true
-}
-
 write_report() {
-    local cpu_model target n jobs
+    local cpu_model target jobs
     cpu_model=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
     jobs=$((CLIENTS < PGBENCH_THREADS ? CLIENTS : PGBENCH_THREADS))
     mkdir -p "$(dirname "$OUT")"
@@ -845,12 +536,7 @@ write_report() {
         for target in "${TARGETS[@]}"; do
             echo "| $target $(row_cells "$target")"
         done
-        for target in "${TARGETS[@]}"; do
-            if [[ -n ${FAILNOTE[$target]:-} ]]; then
-                echo
-                echo "- FAILED $target: \`${FAILNOTE[$target]//\`/\'}\`"
-            fi
-        done
+        report_failnotes "${TARGETS[@]}"
         echo
         echo "## Cache lookups during the measured run (sluice /metrics)"
         echo
@@ -902,17 +588,7 @@ write_report() {
         echo
         echo "## sluice logs"
         echo
-        for target in "${SLUICE_TARGETS[@]}"; do
-            n=$(sluice_log_lines "$target" | wc -l)
-            echo "- \`$target\`: $n WARN/ERROR line(s) (RUST_LOG=$SLUICE_RUST_LOG)"
-            if ((n > 0)); then
-                echo
-                echo '```'
-                sluice_log_lines "$target" | head -n 20
-                if ((n > 20)); then echo "… $((n - 20)) more"; fi
-                echo '```'
-            fi
-        done
+        report_sluice_logs "${SLUICE_TARGETS[@]}"
         echo
         echo "## pgbench scripts"
         echo
@@ -935,57 +611,15 @@ write_report() {
 # ---------------------------------------------------------------------------
 # Teardown
 # ---------------------------------------------------------------------------
-# stop_daemon NAME PID SIGNAL: signal the daemon's process group, wait with a
-# deadline, then SIGKILL the group.
-stop_daemon() {
-    local name=$1 pid=$2 sig=$3
-    alive "$pid" || return 0
-    kill "-$sig" -- "-$pid" 2>/dev/null || kill "-$sig" "$pid" 2>/dev/null || true
-    local deadline=$((SECONDS + STOP_DEADLINE))
-    while alive "$pid" && ((SECONDS < deadline)); do sleep 0.1; done
-    if alive "$pid"; then
-        warn "$name (pid $pid) did not stop after ${STOP_DEADLINE}s; sending SIGKILL"
-        kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
-    fi
-}
-
-# stop_postgres NAME PID DATADIR: pg_ctl stop -m fast, falling back to signals.
-# Backends call setsid() themselves, so they are not in the postmaster's process
-# group: remember them, stop the postmaster, then make sure they are gone.
-stop_postgres() {
-    local name=$1 pid=$2 data=$3
-    alive "$pid" || return 0
-    local -a kids; mapfile -t kids < <(pgrep -P "$pid")
-    as_pg timeout $((STOP_DEADLINE + 5)) "$PG_BIN/pg_ctl" stop -D "$data" -m fast -w -t "$STOP_DEADLINE" \
-        >>"$WORK/$name.log" 2>&1 || warn "$name: pg_ctl stop -m fast failed; signalling it"
-    stop_daemon "$name" "$pid" INT
-    local k
-    for k in "${kids[@]}"; do
-        if [[ $(cat "/proc/$k/comm" 2>/dev/null) == postgres ]]; then kill -KILL "$k" 2>/dev/null; fi
-    done
-}
-
+# cleanup: the EXIT trap (stop_daemon, stop_postgres and the cleanup steps are in lib.sh).
 cleanup() {
     local rc=$?
-    set +e
-    trap - EXIT INT TERM
-    if ((rc != 0)); then log "exiting with status $rc; stopping everything we started"; fi
-    if [[ -n $PGBENCH_PID ]]; then kill -TERM "$PGBENCH_PID" 2>/dev/null; wait "$PGBENCH_PID" 2>/dev/null; fi
+    begin_cleanup "$rc"
     local t
     for t in "${!SLUICE_PIDS[@]}"; do stop_daemon "$t" "${SLUICE_PIDS[$t]}" TERM; done
     stop_daemon valkey "$VALKEY_PID" TERM
     stop_postgres postgres "$PG_PID" "$WORK/pgdata"
-    local w
-    for w in "${WRAPPER_PIDS[@]}"; do kill "$w" 2>/dev/null; wait "$w" 2>/dev/null; done
-    if [[ -n $WORK && -d $WORK ]]; then
-        if [[ $KEEP_TMP == 1 ]]; then
-            log "keeping $WORK"
-        else
-            rm -rf "$WORK"
-        fi
-    fi
-    log "done in $((SECONDS - STARTED_AT))s"
-    exit "$rc"
+    finish_cleanup "$rc" "$STARTED_AT"
 }
 
 main() {

@@ -34,11 +34,9 @@ set -euo pipefail
 # Configuration
 # ---------------------------------------------------------------------------
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-REPO_ROOT=$(cd "$SCRIPT_DIR/../.." && pwd)
+# shellcheck source=lib.sh
+source "$SCRIPT_DIR/lib.sh"   # helpers, REPO_ROOT and the shared knobs (SLUICE_BIN, PG_BIN, …)
 
-abspath() { case $1 in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "$PWD/$1" ;; esac; }
-
-SLUICE_BIN=$(abspath "${SLUICE_BIN:-$REPO_ROOT/target/release/sluice}")
 OUT=$(abspath "${OUT:-$REPO_ROOT/benches/e2e/results/routing-mix.md}")
 CLIENTS=${CLIENTS:-64}
 DURATION=${DURATION:-20}
@@ -46,26 +44,11 @@ WARMUP=${WARMUP:-3}
 MODE=${MODE:-extended}
 POOL_SIZE=${POOL_SIZE:-16}
 CONSISTENCY=${CONSISTENCY:-session}
-PGBENCH_THREADS=${PGBENCH_THREADS:-2}
-PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
-PG_OS_USER=${PG_OS_USER:-postgres}
-SLUICE_RUST_LOG=${SLUICE_RUST_LOG:-warn}
-KEEP_TMP=${KEEP_TMP:-0}
+# DB, DB_USER, PG_SUPERUSER, the deadlines and the size of the permission tables
+# (PERM_*, as in pgbench_compare.sh's permission-join workload) are set in lib.sh.
 
-DB=bench
-DB_USER=bench
-DB_PASSWORD=bench
-PG_SUPERUSER=postgres
-STARTUP_DEADLINE=60   # seconds to wait for any server to come up
-STOP_DEADLINE=20      # seconds to wait for any server to stop before SIGKILL
 READ_WEIGHT=9         # pgbench -f read.sql@9 -f write.sql@1
 WRITE_WEIGHT=1
-
-# Permission tables, as in pgbench_compare.sh's permission-join workload.
-PERM_TENANTS=1000         # 50 users and 5 roles per tenant
-PERM_USERS=50000          # 1 to 3 roles each (2 on average)
-PERM_ROLES_PER_TENANT=5   # 10 to 30 permissions each (20 on average)
-PERM_PERMISSIONS=200      # 50 resources x 4 actions
 
 # The targets, in the order they run and appear in the report.
 TARGETS=(direct-primary sluice-primary-only sluice-replica)
@@ -74,204 +57,23 @@ TARGETS=(direct-primary sluice-primary-only sluice-replica)
 READ_REASONS="read lag consistency unavailable"
 
 # ---------------------------------------------------------------------------
-# Global state (all initialised so the EXIT trap is safe at any point)
+# Global state (all initialised so the EXIT trap is safe at any point; WORK,
+# PG_PID (the primary's postmaster), PGBENCH_PID and WRAPPER_PIDS are in lib.sh)
 # ---------------------------------------------------------------------------
-WORK=""                 # temp dir
-PG_PID=""               # primary postmaster pid (session leader)
 REPLICA_PID=""          # replica postmaster pid (session leader)
 declare -A SLUICE_PIDS=()        # target -> pid (session leader)
 declare -A SLUICE_PORTS=()       # target -> listen.postgres port
 declare -A SLUICE_HTTP_PORTS=()  # target -> listen.http port
-PGBENCH_PID=""          # currently running pgbench (via timeout), if any
-WRAPPER_PIDS=()         # background helpers (runuser/setsid wrappers) we spawned
 PRIMARY_PORT="" REPLICA_PORT=""
 PG_VERSION="" SLUICE_VERSION=""
-CLK_TCK=$(getconf CLK_TCK)
 STARTED_AT=$SECONDS
-declare -A RESULT       # target -> "OK tps lat txns failed pg_ticks rep_ticks sl_ticks elapsed_us" or "FAILED"
+# RESULT (lib.sh):   target -> "OK tps lat txns failed pg_ticks rep_ticks sl_ticks elapsed_us" or "FAILED"
 declare -A ROUTING      # target -> "reads writes replica p_read p_consistency p_lag p_unavailable other"
-declare -A FAILNOTE     # target -> why the run failed
+# FAILNOTE (lib.sh): target -> why the run failed
 
 # ---------------------------------------------------------------------------
-# Helpers (log .. wait_until as in pgbench_compare.sh)
+# Helpers (log, die, spawn_daemon, psql_su, tree_cpu_ticks, fetch_metrics … are in lib.sh)
 # ---------------------------------------------------------------------------
-log()  { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-warn() { printf '[%(%H:%M:%S)T] WARNING: %s\n' -1 "$*" >&2; }
-
-# die MESSAGE [LOGFILE]: print an error (and the tail of LOGFILE) and exit.
-die() {
-    printf '[%(%H:%M:%S)T] ERROR: %s\n' -1 "$1" >&2
-    if [[ -n ${2:-} && -f ${2:-} ]]; then
-        printf -- '--- last lines of %s ---\n' "$2" >&2
-        tail -n 30 "$2" >&2 || true
-        printf -- '---\n' >&2
-    fi
-    exit 1
-}
-
-# Run a command as the unprivileged server user when we are root.
-as_pg() {
-    if [[ $EUID -eq 0 ]]; then runuser -u "$PG_OS_USER" -- "$@"; else "$@"; fi
-}
-
-# alive PID: true if PID exists and is not a zombie.
-alive() {
-    local st
-    [[ -n ${1:-} ]] || return 1
-    st=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-    st=${st##*) }
-    [[ ${st:0:1} != Z ]]
-}
-
-# pick_free_ports N: print N distinct free TCP ports on 127.0.0.1, chosen below
-# the kernel's ephemeral range so client connections cannot grab them.
-pick_free_ports() {
-    local n=$1
-    if command -v python3 >/dev/null 2>&1; then
-        python3 - "$n" <<'EOF'
-import random, socket, sys
-n, held = int(sys.argv[1]), []
-while len(held) < n:
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        s.bind(("127.0.0.1", random.randrange(20000, 32000)))
-        held.append(s)
-    except OSError:
-        s.close()
-print(" ".join(str(s.getsockname()[1]) for s in held))
-EOF
-    else
-        # Fallback: a port nobody answers on is considered free.
-        local -a ports=() p
-        while ((${#ports[@]} < n)); do
-            p=$((20000 + RANDOM % 12000))
-            [[ " ${ports[*]} " == *" $p "* ]] && continue
-            if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then ports+=("$p"); fi
-        done
-        echo "${ports[*]}"
-    fi
-}
-
-# spawn_daemon PIDVAR NAME LOGFILE AS_SERVER_USER(0|1) CMD...
-# Starts CMD in a new session (setsid), so it is a session and process-group
-# leader, like a daemon, and gets its own scheduler autogroup instead of sharing
-# the benchmark's session with pgbench. Stores the daemon's pid in PIDVAR.
-spawn_daemon() {
-    local pidvar=$1 name=$2 logfile=$3 as_user=$4; shift 4
-    local pidfile="$WORK/$name.pid"
-    local -a prefix=()
-    if [[ $as_user == 1 && $EUID -eq 0 ]]; then prefix=(runuser -u "$PG_OS_USER" --); fi
-    rm -f "$pidfile"
-    # bash raises its fd limit to the hard limit, writes its own pid, then execs the
-    # server in place (same pid).
-    # shellcheck disable=SC2016  # $$ and $@ expand in the inner bash, on purpose
-    "${prefix[@]}" setsid bash -c 'ulimit -n "$(ulimit -Hn)" 2>/dev/null
-        echo $$ >"$0.tmp" && mv "$0.tmp" "$0" && exec "$@"' \
-        "$pidfile" "$@" </dev/null >>"$logfile" 2>&1 &
-    WRAPPER_PIDS+=($!)
-    local deadline=$((SECONDS + 10))
-    until [[ -s $pidfile ]]; do
-        ((SECONDS < deadline)) || die "$name: did not start (no pid file)" "$logfile"
-        sleep 0.05
-    done
-    printf -v "$pidvar" '%s' "$(<"$pidfile")"
-}
-
-# wait_until DEADLINE_SECONDS PID LOGFILE WHAT CMD...: poll CMD until it succeeds,
-# failing early if PID dies and late if the deadline passes.
-wait_until() {
-    local secs=$1 pid=$2 logfile=$3 what=$4; shift 4
-    local deadline=$((SECONDS + secs))
-    until "$@" >/dev/null 2>&1; do
-        alive "$pid" || die "$what: process $pid exited during startup" "$logfile"
-        ((SECONDS < deadline)) || die "$what: not ready after ${secs}s" "$logfile"
-        sleep 0.1
-    done
-}
-
-tcp_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-# psql_bench PORT SQL: run SQL as the bench user over TCP (password auth).
-psql_bench() {
-    PGPASSWORD=$DB_PASSWORD PGCONNECT_TIMEOUT=5 timeout 15 \
-        psql -X -h 127.0.0.1 -p "$1" -U "$DB_USER" -d "$DB" -Atq -v ON_ERROR_STOP=1 -c "$2"
-}
-
-# psql_su PORT DATABASE SQL: run SQL as the superuser over the Unix socket (trust).
-psql_su() {
-    PGCONNECT_TIMEOUT=5 timeout 15 \
-        psql -X -h "$WORK" -p "$1" -U "$PG_SUPERUSER" -d "$2" -Atq -v ON_ERROR_STOP=1 -c "$3"
-}
-
-# now_us: wall clock in microseconds (EPOCHREALTIME without its decimal point).
-now_us() { local t=$EPOCHREALTIME; echo "${t/[.,]/}"; }
-
-# tree_cpu_ticks PID: CPU clock ticks (utime+stime+cutime+cstime) of PID and all
-# its live descendants. cutime/cstime include children already reaped, so the sum
-# keeps counting backends that exited. Tolerates processes vanishing mid-scan.
-tree_cpu_ticks() {
-    local root=$1
-    [[ -n $root ]] || { echo 0; return 0; }
-    { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v root="$root" '
-        {
-            # comm (field 2) may contain spaces and parens: split after the last ")".
-            p = 0; for (i = length($0); i > 0; i--) if (substr($0, i, 1) == ")") { p = i; break }
-            if (p == 0) next
-            pid = $1 + 0
-            n = split(substr($0, p + 2), f, " ")
-            if (n < 15) next
-            ppid[pid] = f[2] + 0
-            ticks[pid] = f[12] + f[13] + f[14] + f[15]
-        }
-        END {
-            if (!(root in ticks)) { print 0; exit }
-            # Breadth-first walk of descendants.
-            total = 0; q[1] = root; head = 1; tail = 1
-            while (head <= tail) {
-                cur = q[head++]; total += ticks[cur]
-                for (c in ppid) if (ppid[c] == cur && c != cur) q[++tail] = c
-            }
-            print total
-        }'
-}
-
-# Pids of the primary's live backends serving the bench user (this includes
-# sluice's pooled server connections and its lag monitor), space-separated.
-bench_backend_pids() { pgrep -d ' ' -P "$PG_PID" -f "^postgres: $DB_USER " 2>/dev/null || true; }
-
-# wait_new_backends_gone "BASELINE PIDS": after a direct run its backends exit on
-# their own; wait until every backend not in BASELINE has been reaped, so its CPU
-# has moved into the postmaster's cutime/cstime before we read it.
-wait_new_backends_gone() {
-    local baseline=" $1 " deadline=$((SECONDS + 30)) pid left
-    while :; do
-        left=0
-        for pid in $(bench_backend_pids); do
-            if [[ $baseline != *" $pid "* ]]; then left=$((left + 1)); fi
-        done
-        ((left > 0)) || return 0
-        if ((SECONDS >= deadline)); then
-            warn "$left direct-connection backend(s) still alive after 30s; CPU figures may be off"
-            return 0
-        fi
-        sleep 0.05
-    done
-}
-
-# fetch_metrics HTTP_PORT: sluice's Prometheus text on stdout.
-fetch_metrics() {
-    local url="http://127.0.0.1:$1/metrics"
-    if command -v curl >/dev/null 2>&1; then
-        curl -fsS --max-time 5 "$url"
-    else
-        python3 - "$url" <<'EOF'
-import sys, urllib.request
-with urllib.request.urlopen(sys.argv[1], timeout=5) as r:
-    sys.stdout.write(r.read().decode())
-EOF
-    fi
-}
-
 # route_counts HTTP_PORT: "target reason count" lines of
 # sluice_route_decisions_total for the bench database (whatever the label order).
 route_counts() {
@@ -327,24 +129,12 @@ replica_streaming() {
 # Steps
 # ---------------------------------------------------------------------------
 check_prerequisites() {
-    local p
-    for p in initdb postgres pg_isready pg_basebackup pg_ctl; do
-        [[ -x $PG_BIN/$p ]] || die "$PG_BIN/$p not found (PostgreSQL 15 server binaries; set PG_BIN or apt-get install postgresql-15)"
-    done
-    for p in pgbench psql setsid awk pgrep getconf timeout; do
-        command -v "$p" >/dev/null || die "'$p' not found in PATH"
-    done
+    require_pg_bin initdb postgres pg_isready pg_basebackup pg_ctl
+    require_cmd pgbench psql setsid awk pgrep getconf timeout
     command -v curl >/dev/null || command -v python3 >/dev/null \
         || die "need curl or python3 to read sluice's /metrics"
     [[ -x $SLUICE_BIN ]] || die "sluice binary not found at $SLUICE_BIN (build with 'cargo build --release' or set SLUICE_BIN)"
-    if [[ $EUID -eq 0 ]]; then
-        command -v runuser >/dev/null || die "running as root needs runuser (util-linux)"
-        if ! id -u "$PG_OS_USER" >/dev/null 2>&1; then
-            log "creating unprivileged system user '$PG_OS_USER' for the servers"
-            useradd --system --no-create-home --shell /usr/sbin/nologin "$PG_OS_USER" \
-                || die "could not create user $PG_OS_USER"
-        fi
-    fi
+    ensure_server_user
     [[ $MODE == simple || $MODE == extended || $MODE == prepared ]] \
         || die "unknown pgbench mode '$MODE' in MODE (simple, extended, prepared)"
     [[ $CONSISTENCY == session || $CONSISTENCY == eventual || $CONSISTENCY == global ]] \
@@ -362,9 +152,7 @@ check_prerequisites() {
 }
 
 make_workdir() {
-    WORK=$(mktemp -d "${TMPDIR:-/tmp}/sluice-routing.XXXXXX")
-    chmod 755 "$WORK"
-    if [[ $EUID -eq 0 ]]; then chown "$PG_OS_USER" "$WORK"; fi
+    create_work_dir sluice-routing
     local -a ports; read -ra ports <<<"$(pick_free_ports 6)"
     PRIMARY_PORT=${ports[0]} REPLICA_PORT=${ports[1]}
     SLUICE_PORTS[sluice-primary-only]=${ports[2]} SLUICE_HTTP_PORTS[sluice-primary-only]=${ports[3]}
@@ -415,29 +203,9 @@ write_sluice_configs() {
 }
 
 start_primary() {
-    local data=$WORK/primary logfile=$WORK/primary.log
-    log "initdb (PostgreSQL: $("$PG_BIN/postgres" --version))"
-    as_pg "$PG_BIN/initdb" -D "$data" -U "$PG_SUPERUSER" -E UTF8 --locale=C --no-sync \
-        --auth-local=trust --auth-host=scram-sha-256 >"$WORK/initdb.log" 2>&1 \
-        || die "initdb failed" "$WORK/initdb.log"
-    cat >>"$data/postgresql.conf" <<EOF
-
-# --- sluice routing benchmark ---
-listen_addresses = '127.0.0.1'
-port = $PRIMARY_PORT
-unix_socket_directories = '$WORK'
-max_connections = 400
-shared_buffers = 256MB
-fsync = off
-synchronous_commit = on
-password_encryption = 'scram-sha-256'
-wal_level = replica
-max_wal_senders = 5
-wal_keep_size = 256MB
-hot_standby = on
-logging_collector = off
-log_min_messages = warning
-EOF
+    local data=$WORK/primary
+    init_pgdata "$data" "$PRIMARY_PORT" "sluice routing benchmark" "synchronous_commit = on" \
+        "wal_level = replica" "max_wal_senders = 5" "wal_keep_size = 256MB" "hot_standby = on"
     # First match wins: replication for the superuser without a password (for
     # pg_basebackup and the replica's walreceiver), SCRAM for everything else.
     cat >"$data/pg_hba.conf" <<EOF
@@ -446,16 +214,10 @@ local replication all trust
 host replication $PG_SUPERUSER 127.0.0.1/32 trust
 host all all 127.0.0.1/32 scram-sha-256
 EOF
-    spawn_daemon PG_PID primary "$logfile" 1 "$PG_BIN/postgres" -D "$data"
-    wait_until "$STARTUP_DEADLINE" "$PG_PID" "$logfile" "primary" \
-        "$PG_BIN/pg_isready" -q -t 1 -h 127.0.0.1 -p "$PRIMARY_PORT"
+    spawn_postgres PG_PID primary "$data" "$PRIMARY_PORT"
     PG_VERSION=$(psql_su "$PRIMARY_PORT" postgres 'SELECT version()' | sed 's/, compiled by.*//')
     log "primary up (pid $PG_PID, port $PRIMARY_PORT): $PG_VERSION"
-
-    psql -X -q -h "$WORK" -p "$PRIMARY_PORT" -U "$PG_SUPERUSER" -d postgres -v ON_ERROR_STOP=1 \
-        -c "CREATE ROLE $DB_USER LOGIN PASSWORD '$DB_PASSWORD'" \
-        -c "CREATE DATABASE $DB OWNER $DB_USER" >>"$WORK/setup.log" 2>&1 \
-        || die "creating role/database failed" "$WORK/setup.log"
+    create_bench_db "$PRIMARY_PORT"
 }
 
 # load_data: the permission tables exactly as pgbench_compare.sh's
@@ -463,70 +225,25 @@ EOF
 load_data() {
     local sql=$WORK/setup.sql
     log "creating and filling the permission tables and audit_log"
-    cat >"$sql" <<EOF
-CREATE TABLE tenants (id int NOT NULL, name text NOT NULL, active boolean NOT NULL);
-CREATE TABLE users (id int NOT NULL, tenant_id int NOT NULL, email text NOT NULL);
-CREATE TABLE roles (id int NOT NULL, tenant_id int NOT NULL, name text NOT NULL);
-CREATE TABLE user_roles (user_id int NOT NULL, role_id int NOT NULL);
-CREATE TABLE permissions (id int NOT NULL, name text NOT NULL);
-CREATE TABLE role_permissions (role_id int NOT NULL, permission_id int NOT NULL);
-
--- Every 50th tenant is inactive: its users get no permissions.
-INSERT INTO tenants SELECT t, 'tenant-' || t, t % 50 <> 0 FROM generate_series(1, $PERM_TENANTS) t;
-INSERT INTO users SELECT u, (u - 1) % $PERM_TENANTS + 1, 'user' || u || '@example.com'
-    FROM generate_series(1, $PERM_USERS) u;
-INSERT INTO roles SELECT (t - 1) * $PERM_ROLES_PER_TENANT + k + 1, t,
-        (ARRAY['admin', 'editor', 'viewer', 'billing', 'support'])[k % 5 + 1] || CASE WHEN k >= 5 THEN '-' || k ELSE '' END
-    FROM generate_series(1, $PERM_TENANTS) t, generate_series(0, $PERM_ROLES_PER_TENANT - 1) k;
--- 1, 2 or 3 distinct roles of the user's own tenant (2 on average).
-INSERT INTO user_roles SELECT u.id, (u.tenant_id - 1) * $PERM_ROLES_PER_TENANT + (u.id + k) % $PERM_ROLES_PER_TENANT + 1
-    FROM users u, generate_series(0, 2) k WHERE k <= u.id % 3 AND k < $PERM_ROLES_PER_TENANT;
-INSERT INTO permissions SELECT (r - 1) * 4 + a + 1, 'resource' || r || ':' || (ARRAY['read', 'write', 'delete', 'admin'])[a + 1]
-    FROM generate_series(1, $PERM_PERMISSIONS / 4) r, generate_series(0, 3) a;
--- 10 to 30 distinct permissions per role (20 on average); 11 is coprime to 200.
-INSERT INTO role_permissions SELECT r.id, (r.id * 37 + k * 11) % $PERM_PERMISSIONS + 1
-    FROM roles r, generate_series(0, 29) k WHERE k < 10 + r.id % 21;
-
-ALTER TABLE tenants ADD PRIMARY KEY (id);
-ALTER TABLE users ADD PRIMARY KEY (id);
-ALTER TABLE roles ADD PRIMARY KEY (id);
-ALTER TABLE user_roles ADD PRIMARY KEY (user_id, role_id);
-ALTER TABLE permissions ADD PRIMARY KEY (id);
-ALTER TABLE role_permissions ADD PRIMARY KEY (role_id, permission_id);
-CREATE UNIQUE INDEX ON permissions (name);
-CREATE INDEX ON users (tenant_id);
-CREATE INDEX ON roles (tenant_id);
-CREATE INDEX ON user_roles (role_id);
-CREATE INDEX ON role_permissions (permission_id);
-ALTER TABLE users ADD FOREIGN KEY (tenant_id) REFERENCES tenants;
-ALTER TABLE roles ADD FOREIGN KEY (tenant_id) REFERENCES tenants;
-ALTER TABLE user_roles ADD FOREIGN KEY (user_id) REFERENCES users;
-ALTER TABLE user_roles ADD FOREIGN KEY (role_id) REFERENCES roles;
-ALTER TABLE role_permissions ADD FOREIGN KEY (role_id) REFERENCES roles;
-ALTER TABLE role_permissions ADD FOREIGN KEY (permission_id) REFERENCES permissions;
+    {
+        permission_tables_sql
+        cat <<EOF
 
 -- The write side of the mix: an append-only audit trail.
 CREATE TABLE audit_log (id bigserial PRIMARY KEY, user_id int NOT NULL, at timestamptz NOT NULL DEFAULT now());
 
 VACUUM (ANALYZE) tenants, users, roles, user_roles, permissions, role_permissions, audit_log;
 EOF
+    } >"$sql"
     PGPASSWORD=$DB_PASSWORD PGCONNECT_TIMEOUT=5 timeout 300 \
         psql -X -q -h 127.0.0.1 -p "$PRIMARY_PORT" -U "$DB_USER" -d "$DB" -v ON_ERROR_STOP=1 -f "$sql" \
         >>"$WORK/setup.log" 2>&1 || die "loading the permission tables failed" "$WORK/setup.log"
     psql_su "$PRIMARY_PORT" "$DB" CHECKPOINT >>"$WORK/setup.log" 2>&1 || true
 
-    cat >"$WORK/read.sql" <<EOF
-\set uid random(1, $PERM_USERS)
-SELECT DISTINCT p.name
-  FROM users u
-  JOIN tenants t ON t.id = u.tenant_id
-  JOIN user_roles ur ON ur.user_id = u.id
-  JOIN roles r ON r.id = ur.role_id AND r.tenant_id = u.tenant_id
-  JOIN role_permissions rp ON rp.role_id = r.id
-  JOIN permissions p ON p.id = rp.permission_id
- WHERE u.id = :uid AND t.active
- ORDER BY p.name;
-EOF
+    {
+        printf '\\set uid random(1, %s)\n' "$PERM_USERS"
+        permission_lookup_sql
+    } >"$WORK/read.sql"
     cat >"$WORK/write.sql" <<EOF
 \set uid random(1, $PERM_USERS)
 INSERT INTO audit_log (user_id) VALUES (:uid);
@@ -553,9 +270,7 @@ start_replica() {
 port = $REPLICA_PORT
 hot_standby = on
 EOF
-    spawn_daemon REPLICA_PID replica "$logfile" 1 "$PG_BIN/postgres" -D "$data"
-    wait_until "$STARTUP_DEADLINE" "$REPLICA_PID" "$logfile" "replica" \
-        "$PG_BIN/pg_isready" -q -t 1 -h 127.0.0.1 -p "$REPLICA_PORT"
+    spawn_postgres REPLICA_PID replica "$data" "$REPLICA_PORT"
     wait_until "$STARTUP_DEADLINE" "$REPLICA_PID" "$logfile" "replica (pg_stat_wal_receiver streaming)" \
         replica_streaming
     log "replica up (pid $REPLICA_PID, port $REPLICA_PORT): streaming from the primary"
@@ -568,46 +283,22 @@ start_sluice() {
     spawn_daemon "SLUICE_PIDS[$target]" "$target" "$logfile" 0 \
         env RUST_LOG="$SLUICE_RUST_LOG" SLUICE_LOG="$SLUICE_RUST_LOG" "$SLUICE_BIN" --config "$conf"
     local pid=${SLUICE_PIDS[$target]}
-    wait_until "$STARTUP_DEADLINE" "$pid" "$logfile" "$target" tcp_open "$port"
-    wait_until "$STARTUP_DEADLINE" "$pid" "$logfile" "$target (SELECT 1 through it)" \
-        psql_bench "$port" "SELECT 1"
-    wait_until "$STARTUP_DEADLINE" "$pid" "$logfile" "$target (/metrics)" fetch_metrics "$http"
+    wait_sluice_up "$pid" "$logfile" "$target" "$port" "$http"
     if [[ $target == sluice-replica ]]; then
         wait_until "$STARTUP_DEADLINE" "$pid" "$logfile" "$target (replica available in /metrics)" \
             replica_available "$http"
     fi
-    if [[ -z $SLUICE_VERSION ]]; then
-        SLUICE_VERSION=$(timeout 5 "$SLUICE_BIN" --version 2>/dev/null | head -n 1 || true)
-        SLUICE_VERSION="${SLUICE_VERSION:-unknown version} ($SLUICE_BIN, repo $(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null || echo "without commits"))"
-    fi
+    [[ -n $SLUICE_VERSION ]] || SLUICE_VERSION=$(describe_sluice "$SLUICE_BIN" "$REPO_ROOT")
     log "$target up (pid $pid, port $port, http $http): $SLUICE_VERSION"
 }
 
-# run_pgbench LOGFILE SECONDS PORT: returns pgbench's exit status. Runs in the
-# background and waits, so INT/TERM reach our trap promptly.
+# run_pgbench LOGFILE SECONDS PORT: the read/write mix; returns pgbench's exit
+# status (see pgbench_bg). A failed run is recorded with run_failed (key and tag:
+# the target); the other targets still run.
 run_pgbench() {
     local logfile=$1 secs=$2 port=$3
-    local jobs=$((CLIENTS < PGBENCH_THREADS ? CLIENTS : PGBENCH_THREADS))
-    PGPASSWORD=$DB_PASSWORD timeout --kill-after=10 $((secs + 60)) \
-        pgbench --no-vacuum -f "$WORK/read.sql@$READ_WEIGHT" -f "$WORK/write.sql@$WRITE_WEIGHT" \
-        -M "$MODE" -c "$CLIENTS" -j "$jobs" -T "$secs" \
-        -h 127.0.0.1 -p "$port" -U "$DB_USER" "$DB" >"$logfile" 2>&1 &
-    PGBENCH_PID=$!
-    local rc=0
-    wait "$PGBENCH_PID" || rc=$?
-    PGBENCH_PID=""
-    return "$rc"
-}
-
-# run_failed TARGET WHAT [LOGFILE]: record a failed run (the other targets still run).
-run_failed() {
-    local target=$1 what=$2 logfile=${3:-} detail=""
-    if [[ -n $logfile && -f $logfile ]]; then
-        detail=$(grep -m 1 -E 'error|ERROR|FATAL' "$logfile" || tail -n 1 "$logfile")
-    fi
-    warn "$target: $what${detail:+: $detail}"
-    RESULT[$target]="FAILED"
-    FAILNOTE[$target]="$what${detail:+: $detail}"
+    pgbench_bg "$logfile" "$secs" "$port" "$CLIENTS" --no-vacuum \
+        -f "$WORK/read.sql@$READ_WEIGHT" -f "$WORK/write.sql@$WRITE_WEIGHT" -M "$MODE"
 }
 
 # measure TARGET: warm-up + measured run; fills RESULT (and ROUTING for sluice).
@@ -624,7 +315,7 @@ measure() {
     log "$target: ${WARMUP}s warm-up + ${DURATION}s measured run (-M $MODE -c $CLIENTS)"
     if ((WARMUP > 0)); then
         if ! run_pgbench "$wlog" "$WARMUP" "$port"; then
-            run_failed "$target" "warm-up pgbench failed" "$wlog"; return 0
+            run_failed "$target" "$target" "warm-up pgbench failed" "$wlog"; return 0
         fi
         if [[ $target == direct-primary ]]; then wait_new_backends_gone "$baseline"; fi
     fi
@@ -637,13 +328,13 @@ measure() {
     pg0=$(tree_cpu_ticks "$PG_PID"); rep0=$(tree_cpu_ticks "$REPLICA_PID"); sl0=$(tree_cpu_ticks "$sluice_pid")
     t0=$(now_us)
     if ! run_pgbench "$mlog" "$DURATION" "$port"; then
-        run_failed "$target" "pgbench failed" "$mlog"; return 0
+        run_failed "$target" "$target" "pgbench failed" "$mlog"; return 0
     fi
     if [[ $target == direct-primary ]]; then wait_new_backends_gone "$baseline"; fi
     t1=$(now_us)
     pg1=$(tree_cpu_ticks "$PG_PID"); rep1=$(tree_cpu_ticks "$REPLICA_PID"); sl1=$(tree_cpu_ticks "$sluice_pid")
     if [[ -n $sluice_pid ]] && ! alive "$sluice_pid"; then
-        run_failed "$target" "sluice process $sluice_pid died" "$WORK/$target.log"; return 0
+        run_failed "$target" "$target" "sluice process $sluice_pid died" "$WORK/$target.log"; return 0
     fi
     if [[ -n $http ]]; then
         route_counts "$http" >"$after" || die "$target: reading /metrics failed"
@@ -652,12 +343,10 @@ measure() {
     fi
 
     local txns tps lat failed
-    txns=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$mlog")
-    tps=$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time).*/\1/p' "$mlog")
-    lat=$(sed -n 's/^latency average = \([0-9.]*\) ms.*/\1/p' "$mlog")
-    failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' "$mlog")
+    txns=$(pgbench_stat "$mlog" txns); tps=$(pgbench_stat "$mlog" tps)
+    lat=$(pgbench_stat "$mlog" lat); failed=$(pgbench_stat "$mlog" failed)
     if [[ -z $txns || -z $tps || -z $lat || $txns -eq 0 ]]; then
-        run_failed "$target" "could not parse pgbench output" "$mlog"; return 0
+        run_failed "$target" "$target" "could not parse pgbench output" "$mlog"; return 0
     fi
     RESULT[$target]="OK $tps $lat $txns ${failed:-0} $((pg1 - pg0)) $((rep1 - rep0)) $((sl1 - sl0)) $((t1 - t0))"
     local -a c; IFS='|' read -ra c <<<"$(row_cells "$target")"
@@ -702,15 +391,8 @@ routing_row() {
         }'
 }
 
-# sluice_log_lines TARGET: WARN/ERROR lines of its log, without ANSI colours.
-sluice_log_lines() {
-    local f=$WORK/$1.log
-    [[ -f $f ]] || return 0
-    sed 's/\x1b\[[0-9;]*m//g' "$f" | grep -E '(^|[[:space:]])(WARN|ERROR)[[:space:]]' || true
-}
-
 write_report() {
-    local cpu_model target n
+    local cpu_model target
     cpu_model=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
     mkdir -p "$(dirname "$OUT")"
     {
@@ -734,12 +416,7 @@ write_report() {
         for target in "${TARGETS[@]}"; do
             echo "| $target $(row_cells "$target")"
         done
-        for target in "${TARGETS[@]}"; do
-            if [[ -n ${FAILNOTE[$target]:-} ]]; then
-                echo
-                echo "- FAILED $target: \`${FAILNOTE[$target]//\`/\'}\`"
-            fi
-        done
+        report_failnotes "${TARGETS[@]}"
         echo
         echo "## Routing decisions during the measured run (sluice /metrics)"
         echo
@@ -774,17 +451,7 @@ write_report() {
         echo
         echo "## sluice logs"
         echo
-        for target in sluice-primary-only sluice-replica; do
-            n=$(sluice_log_lines "$target" | wc -l)
-            echo "- \`$target\`: $n WARN/ERROR line(s) (RUST_LOG=$SLUICE_RUST_LOG)"
-            if ((n > 0)); then
-                echo
-                echo '```'
-                sluice_log_lines "$target" | head -n 20
-                if ((n > 20)); then echo "… $((n - 20)) more"; fi
-                echo '```'
-            fi
-        done
+        report_sluice_logs sluice-primary-only sluice-replica
         echo
         echo "## pgbench scripts"
         echo
@@ -807,57 +474,15 @@ write_report() {
 # ---------------------------------------------------------------------------
 # Teardown
 # ---------------------------------------------------------------------------
-# stop_daemon NAME PID SIGNAL: signal the daemon's process group, wait with a
-# deadline, then SIGKILL the group.
-stop_daemon() {
-    local name=$1 pid=$2 sig=$3
-    alive "$pid" || return 0
-    kill "-$sig" -- "-$pid" 2>/dev/null || kill "-$sig" "$pid" 2>/dev/null || true
-    local deadline=$((SECONDS + STOP_DEADLINE))
-    while alive "$pid" && ((SECONDS < deadline)); do sleep 0.1; done
-    if alive "$pid"; then
-        warn "$name (pid $pid) did not stop after ${STOP_DEADLINE}s; sending SIGKILL"
-        kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
-    fi
-}
-
-# stop_postgres NAME PID DATADIR: pg_ctl stop -m fast, falling back to signals.
-# Backends call setsid() themselves, so they are not in the postmaster's process
-# group: remember them, stop the postmaster, then make sure they are gone.
-stop_postgres() {
-    local name=$1 pid=$2 data=$3
-    alive "$pid" || return 0
-    local -a kids; mapfile -t kids < <(pgrep -P "$pid")
-    as_pg timeout $((STOP_DEADLINE + 5)) "$PG_BIN/pg_ctl" stop -D "$data" -m fast -w -t "$STOP_DEADLINE" \
-        >>"$WORK/$name.log" 2>&1 || warn "$name: pg_ctl stop -m fast failed; signalling it"
-    stop_daemon "$name" "$pid" INT
-    local k
-    for k in "${kids[@]}"; do
-        if [[ $(cat "/proc/$k/comm" 2>/dev/null) == postgres ]]; then kill -KILL "$k" 2>/dev/null; fi
-    done
-}
-
+# cleanup: the EXIT trap (stop_daemon, stop_postgres and the cleanup steps are in lib.sh).
 cleanup() {
     local rc=$?
-    set +e
-    trap - EXIT INT TERM
-    if ((rc != 0)); then log "exiting with status $rc; stopping everything we started"; fi
-    if [[ -n $PGBENCH_PID ]]; then kill -TERM "$PGBENCH_PID" 2>/dev/null; wait "$PGBENCH_PID" 2>/dev/null; fi
+    begin_cleanup "$rc"
     local t
     for t in "${!SLUICE_PIDS[@]}"; do stop_daemon "$t" "${SLUICE_PIDS[$t]}" TERM; done
     stop_postgres replica "$REPLICA_PID" "$WORK/replica"
     stop_postgres primary "$PG_PID" "$WORK/primary"
-    local w
-    for w in "${WRAPPER_PIDS[@]}"; do kill "$w" 2>/dev/null; wait "$w" 2>/dev/null; done
-    if [[ -n $WORK && -d $WORK ]]; then
-        if [[ $KEEP_TMP == 1 ]]; then
-            log "keeping $WORK"
-        else
-            rm -rf "$WORK"
-        fi
-    fi
-    log "done in $((SECONDS - STARTED_AT))s"
-    exit "$rc"
+    finish_cleanup "$rc" "$STARTED_AT"
 }
 
 main() {

@@ -18,10 +18,10 @@ use crate::auth::scram::ScramCredential;
 use crate::config::{Database, PoolMode, ServerCredentials, SessionStatePolicy};
 use crate::error::Error;
 use crate::pool::{Pool, PoolId};
-use crate::protocol::backend::{self, tag, TxStatus};
+use crate::protocol::backend::{self, TxStatus};
 use crate::protocol::error_response::parse_error_fields;
 use crate::protocol::frame::{complete_frame, HEADER_LEN};
-use crate::protocol::frontend::{self, FrontendTag};
+use crate::protocol::frontend::FrontendTag;
 use crate::protocol::io::{read_some, write_all, write_all2};
 use crate::protocol::{ErrorResponse, Severity, SqlState};
 use crate::router::{DbRouter, Reason, RouteHint, Target};
@@ -909,42 +909,7 @@ pub(super) async fn internal_query(
     sql: &str,
     max: usize,
 ) -> Result<Option<Bytes>, Error> {
-    let mut out = BytesMut::new();
-    frontend::write_query(&mut out, sql);
-    write_all(&conn.stream, &out)
-        .await
-        .map_err(Error::ServerLost)?;
-    let mut err = None;
-    loop {
-        while let Some(h) =
-            complete_frame(&conn.rbuf, max).map_err(|e| Error::ServerProtocol(e.to_string()))?
-        {
-            let frame = conn.rbuf.split_to(h.total).freeze();
-            match h.tag {
-                tag::PARAMETER_STATUS => {
-                    if let Some((n, v)) = backend::parse_parameter_status(&frame[HEADER_LEN..]) {
-                        conn.set_reported(n, v);
-                    }
-                }
-                tag::ERROR_RESPONSE => err = Some(frame),
-                tag::READY_FOR_QUERY => {
-                    conn.status = frame
-                        .get(HEADER_LEN)
-                        .and_then(|&b| TxStatus::from_byte(b))
-                        .unwrap_or_default();
-                    return Ok(err);
-                }
-                _ => {}
-            }
-        }
-        if read_some(&conn.stream, &mut conn.rbuf)
-            .await
-            .map_err(Error::ServerLost)?
-            == 0
-        {
-            return Err(Error::ServerLost(std::io::ErrorKind::UnexpectedEof.into()));
-        }
-    }
+    crate::server::query::run_simple(conn, sql, max, |_| Ok(())).await
 }
 
 /// Builds an ErrorResponse with an explicit code (used by local answers).

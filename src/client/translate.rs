@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use super::cached::Cached;
+use super::cached::{Cached, Capture};
 use super::session::{error_frame, Retry, Session};
 use super::state::Unnamed;
 use crate::error::Error;
@@ -18,6 +18,7 @@ use crate::protocol::frontend::{
 };
 use crate::protocol::SqlState;
 use crate::router::statement::Local;
+use crate::router::Class;
 use crate::router::{analyze, StatementInfo};
 use crate::router::{Reason, Target as Upstream};
 use crate::server::expect::{Expect, ParseTrack};
@@ -56,17 +57,8 @@ impl Session {
         if !self.ensure_server(true).await? || !self.send_deferred(true).await? {
             return Ok(());
         }
-        if self.tracks_writes() {
-            let class = self.shared.classifier.get(text);
-            self.note_writes(&[class]).await;
-        }
-        if self.report {
-            let cache = if capture.is_some() { "MISS" } else { "BYPASS" };
-            let route = self.route_label();
-            self.report_status(route, cache).await?;
-        }
-        self.capture = capture;
-        self.start_request(&frame);
+        self.sending(capture, &frame, |s| Ok(vec![s.shared.classifier.get(text)]))
+            .await?;
         if info.ddl {
             self.saw_ddl = true;
         }
@@ -79,6 +71,29 @@ impl Session {
         self.expect.push(Expect::Query(info));
         let sent = self.write_server(&[], &frame).await;
         self.after_send(sent).await
+    }
+
+    /// With a server attached and the request about to go: writes are noted for the
+    /// cache, a client that asked is told the route, a cache miss starts capturing, and
+    /// the request's clock starts.
+    async fn sending(
+        &mut self,
+        capture: Option<Box<Capture>>,
+        first: &Bytes,
+        classes: impl FnOnce(&Self) -> Result<Vec<Arc<Class>>, Error>,
+    ) -> Result<(), Error> {
+        if self.tracks_writes() {
+            let classes = classes(self)?;
+            self.note_writes(&classes).await;
+        }
+        if self.report {
+            let cache = if capture.is_some() { "MISS" } else { "BYPASS" };
+            let route = self.route_label();
+            self.report_status(route, cache).await?;
+        }
+        self.capture = capture;
+        self.start_request(first);
+        Ok(())
     }
 
     /// A FunctionCall: forwarded as its own request.
@@ -241,18 +256,9 @@ impl Session {
         if !self.ensure_server(sync).await? || !self.send_deferred(sync).await? {
             return Ok(());
         }
-        if self.tracks_writes() {
-            let classes = self.batch_classes(frames)?;
-            self.note_writes(&classes).await;
-        }
-        if self.report {
-            let cache = if capture.is_some() { "MISS" } else { "BYPASS" };
-            let route = self.route_label();
-            self.report_status(route, cache).await?;
-        }
-        self.capture = capture;
-        if let Some(f) = frames.first() {
-            self.start_request(f);
+        if let Some(first) = frames.first() {
+            self.sending(capture, first, |s| s.batch_classes(frames))
+                .await?;
         }
         self.keep_for_failover(frames, sync);
         let sent = self.translate_and_send(frames, true).await;

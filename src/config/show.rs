@@ -91,6 +91,41 @@ pub fn render(cfg: &Config) -> String {
         dur(cfg.lag.probe_interval),
         dur(cfg.lag.stale_after)
     );
+    let _ = writeln!(
+        out,
+        "[cache]\nmax_bytes = {}\nvalkey = {:?}\ncompress_above = {}\nvalkey_timeout = {:?}",
+        cfg.cache.max_bytes,
+        cfg.cache.valkey.as_deref().unwrap_or("(none)"),
+        cfg.cache.compress_above,
+        dur(cfg.cache.valkey_timeout)
+    );
+    for r in &cfg.cache.rules {
+        let matches = match &r.matches {
+            super::RuleMatch::Tables(t) => format!("tables = {t:?}"),
+            super::RuleMatch::Query(q) => format!("query = {q:?}"),
+        };
+        let _ = writeln!(
+            out,
+            "[[cache.rules]]\nname = {:?}\n{matches}\nttl = {:?}\nstale_while_revalidate = {:?}\nmax_entry_bytes = {}\nkey_settings = {:?}",
+            r.name,
+            dur(r.ttl),
+            dur(r.stale_while_revalidate),
+            r.max_entry_bytes,
+            r.key_settings
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\n[http]\nadmin_token = {:?}\nmax_request_bytes = {}\nmax_response_bytes = {}\nquery_timeout = {:?}\n",
+        cfg.http
+            .admin_token
+            .as_ref()
+            .map_or_else(|| "(none: admin calls refused)".to_owned(), |t| t.masked()),
+        cfg.http.max_request_bytes,
+        cfg.http.max_response_bytes,
+        dur(cfg.http.query_timeout)
+    );
+    let _ = writeln!(out, "[log]\nslow_query = {:?}\n", dur(cfg.log.slow_query));
     out.push_str("[pool]\n");
     pool(&mut out, &cfg.pool);
     for db in &cfg.databases {

@@ -72,6 +72,22 @@ pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// A fresh temp dir for a server, owned by the `postgres` OS user when we are root.
+fn server_dir() -> PathBuf {
+    let dir =
+        std::env::temp_dir().join(format!("sluice-pg-{}-{}", std::process::id(), free_port()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    if is_root() {
+        let ok = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(&dir)
+            .status()
+            .expect("chown");
+        assert!(ok.success(), "chown failed");
+    }
+    dir
+}
+
 /// A running PostgreSQL cluster, stopped and removed when the test process exits.
 pub struct Cluster {
     pub port: u16,
@@ -87,17 +103,7 @@ impl Cluster {
     /// Starts a fresh cluster.
     pub fn start() -> Cluster {
         let bin = pg_bin();
-        let dir =
-            std::env::temp_dir().join(format!("sluice-pg-{}-{}", std::process::id(), free_port()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        if is_root() {
-            let ok = Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(&dir)
-                .status()
-                .expect("chown");
-            assert!(ok.success(), "chown failed");
-        }
+        let dir = server_dir();
         let data = dir.join("data");
         let out = as_pg_user(&bin.join("initdb"))
             .args(["-D"])
@@ -124,22 +130,7 @@ impl Cluster {
             MD5_USER.0
         );
         write_as_pg(&data.join("pg_hba.conf"), &hba);
-        // A port from free_port() can be taken by someone else before postgres binds it:
-        // retry with another port when postgres exits, rather than wait in vain.
-        let mut attempt = 0;
-        let c = loop {
-            attempt += 1;
-            let port = free_port();
-            match Self::launch(&bin, &dir, &data, port) {
-                Ok(c) => break c,
-                Err(log) if attempt < 4 => {
-                    eprintln!("postgres did not start on port {port}, retrying: {log}")
-                }
-                Err(log) => {
-                    panic!("postgres did not start after {attempt} attempts; last log:\n{log}")
-                }
-            }
-        };
+        let c = Self::launch_retrying(&bin, &dir, &data);
         c.psql(&format!(
             "CREATE ROLE {a} LOGIN PASSWORD '{ap}' SUPERUSER; \
              SET password_encryption = 'md5'; CREATE ROLE {m} LOGIN PASSWORD '{mp}'; \
@@ -160,6 +151,26 @@ impl Cluster {
             "CREATE EXTENSION pg_stat_statements; GRANT ALL ON SCHEMA public TO PUBLIC;",
         );
         c
+    }
+
+    /// Starts postgres on a free port. A port from free_port() can be taken by someone
+    /// else before postgres binds it: retry with another port when postgres exits,
+    /// rather than wait in vain.
+    fn launch_retrying(bin: &Path, dir: &Path, data: &Path) -> Cluster {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let port = free_port();
+            match Self::launch(bin, dir, data, port) {
+                Ok(c) => return c,
+                Err(log) if attempt < 4 => {
+                    eprintln!("postgres did not start on port {port}, retrying: {log}")
+                }
+                Err(log) => {
+                    panic!("postgres did not start after {attempt} attempts; last log:\n{log}")
+                }
+            }
+        }
     }
 
     /// Starts postgres on `port` under a watchdog; on failure returns the log tail.
@@ -279,17 +290,7 @@ impl Cluster {
     /// A streaming replica of this cluster (`pg_basebackup -R`), running on its own port.
     pub fn start_replica(&self) -> Cluster {
         let bin = pg_bin();
-        let dir =
-            std::env::temp_dir().join(format!("sluice-pg-{}-{}", std::process::id(), free_port()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        if is_root() {
-            let ok = Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(&dir)
-                .status()
-                .expect("chown");
-            assert!(ok.success(), "chown failed");
-        }
+        let dir = server_dir();
         let data = dir.join("data");
         let out = as_pg_user(&bin.join("pg_basebackup"))
             .args([
@@ -310,18 +311,7 @@ impl Cluster {
             "pg_basebackup failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let mut attempt = 0;
-        let replica = loop {
-            attempt += 1;
-            let port = free_port();
-            match Self::launch(&bin, &dir, &data, port) {
-                Ok(c) => break c,
-                Err(log) if attempt < 4 => {
-                    eprintln!("replica did not start on port {port}, retrying: {log}")
-                }
-                Err(log) => panic!("replica did not start; last log:\n{log}"),
-            }
-        };
+        let replica = Self::launch_retrying(&bin, &dir, &data);
         wait_until("the replica to stream", Duration::from_secs(60), || {
             replica.try_psql("postgres", "SELECT status FROM pg_stat_wal_receiver")
                 == Some("streaming".into())
@@ -545,6 +535,42 @@ auth = "md5"
         sp = SCRAM_USER.1,
         mu = MD5_USER.0,
         mp = MD5_USER.1,
+    )
+}
+
+/// A config for `appdb` on `primary` (fixed login as the SCRAM user, who is also the
+/// client user), probing lag every 50ms: `sections` are inserted before
+/// `[[databases]]`, `database` lines go into that database's table.
+pub fn appdb_config(primary: &str, sections: &str, database: &str) -> String {
+    format!(
+        r#"
+[listen]
+postgres = "127.0.0.1:0"
+http = "127.0.0.1:0"
+
+[lag]
+probe_interval = "50ms"
+stale_after = "1s"
+
+{sections}
+
+[[databases]]
+name = "appdb"
+primary = "{primary}"
+user = "{u}"
+password = "{pw}"
+{database}
+
+[[users]]
+name = "{u}"
+password = "{pw}"
+
+[[users]]
+name = "alice"
+password = "alice_pw"
+"#,
+        u = SCRAM_USER.0,
+        pw = SCRAM_USER.1,
     )
 }
 

@@ -382,3 +382,48 @@ async fn sql_over_http_round_trips_types_errors_and_the_cache() {
     assert_eq!(status, 413);
     s.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_gauges_return_to_rest_after_contention() {
+    let s = Sluice::start(&config(cluster(), 1, ""));
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let u = s.url("alice", "alice_pw", "appdb");
+        tasks.push(tokio::spawn(async move {
+            let c = connect(&u).await;
+            for _ in 0..20 {
+                c.simple_query("SELECT pg_sleep(0.001)")
+                    .await
+                    .expect("query");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("client");
+    }
+    let addr = s.http;
+    let (_, text) = tokio::task::spawn_blocking(move || http_get(addr, "/metrics"))
+        .await
+        .expect("metrics");
+    let waited = sample(
+        &text,
+        "sluice_pool_checkout_wait_seconds_count{pool=\"appdb/app\"}",
+    );
+    assert!(waited > 4.0, "no checkout waited: {waited}");
+    assert_eq!(
+        sample(
+            &text,
+            "sluice_server_connections{pool=\"appdb/app\",state=\"active\"}"
+        ),
+        0.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "sluice_server_connections{pool=\"appdb/app\",state=\"idle\"}"
+        ),
+        1.0
+    );
+    s.stop();
+}

@@ -339,10 +339,8 @@ impl Pool {
         }
         while let Some(w) = inner.waiters.pop_front() {
             match w.tx.send(Grant::Conn(conn)) {
-                Ok(()) => {
-                    self.metrics.active.inc();
-                    return;
-                }
+                // The waiter counts it active when it takes it (`hand_out`).
+                Ok(()) => return,
                 Err(Grant::Conn(c)) => conn = c,
                 Err(Grant::Slot) => return,
             }

@@ -341,6 +341,11 @@ async fn two_sluices_share_valkey_and_survive_its_crash() {
     };
     wait_up(&s1);
     wait_up(&s2);
+    let http = s1.http;
+    let (_, body) = tokio::task::spawn_blocking(move || support::http_get(http, "/cache"))
+        .await
+        .expect("cache view");
+    assert!(body.contains("\"valkey\":{\"up\":true}"), "{body}");
     async fn read(c: &tokio_postgres::Client) -> Result<i32, tokio_postgres::Error> {
         c.query_one("SELECT v FROM perm_e WHERE id = $1", &[&1i32])
             .await

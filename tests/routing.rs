@@ -195,6 +195,24 @@ async fn reads_go_to_the_replica_and_everything_else_to_the_primary() {
         .expect_err("bad value");
     assert_eq!(err.code().map(|c| c.code()), Some("22023"));
 
+    // The HTTP views show the replica as sluice measures it.
+    let http = s.http;
+    let (status, body) = blocking(move || support::http_get(http, "/replicas"))
+        .await
+        .expect("replicas");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let rep = &v["databases"][0]["replicas"][0];
+    assert_eq!(rep["address"], replica().addr(), "{body}");
+    assert_eq!(rep["available"], true, "{body}");
+    assert!(
+        rep["lag_seconds"].as_f64().is_some_and(|l| l < 10.0),
+        "{body}"
+    );
+    let (_, body) = blocking(move || support::http_get(http, "/ready"))
+        .await
+        .expect("ready");
+    assert!(body.contains(&replica().addr()), "{body}");
     let text = s.metrics.render();
     for needle in [
         "sluice_route_decisions_total{database=\"appdb\",reason=\"read\",target=\"replica\"}",

@@ -65,6 +65,11 @@ impl Capture {
     }
 }
 
+/// Whether `text` may carry a `/* sluice: … */` directive (a SIMD substring search).
+fn has_hint(text: &[u8]) -> bool {
+    memchr::memmem::find(text, b"sluice:").is_some()
+}
+
 /// What the cache did with a request.
 pub(super) enum Cached {
     /// Answered from the cache.
@@ -145,7 +150,7 @@ impl Session {
             && self.state.status == TxStatus::Idle
             && self.deferred.is_none()
             && self.pinned.is_none()
-            && (self.cache_rules() || text.windows(7).any(|w| w == b"sluice:"))
+            && (self.cache_rules() || has_hint(text))
     }
 
     /// Eligibility and terms: a single read statement calling only immutable functions.
@@ -203,7 +208,7 @@ impl Session {
 
     /// Looks an extended batch up (`[Parse] Bind [Describe portal] Execute Sync`).
     pub(super) async fn cache_batch(&mut self, frames: &[Bytes]) -> Result<Cached, Error> {
-        let hinted = frames.iter().any(|f| f.windows(7).any(|w| w == b"sluice:"));
+        let hinted = frames.iter().any(|f| has_hint(f));
         if !self.cache_candidate(if hinted { b"sluice:" } else { b"" }) {
             return Ok(Cached::Pass);
         }

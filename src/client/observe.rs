@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 
 use super::session::Session;
 use crate::error::Error;
@@ -39,6 +39,8 @@ pub struct SlowLog {
 
 const SLOW_KEPT: usize = 200;
 const SHAPE_CHARS: usize = 500;
+/// Bytes of a request's first frame kept for the slow-query log.
+const FRAME_KEPT: usize = 4096;
 
 impl SlowLog {
     fn push(&self, q: SlowQuery) {
@@ -88,16 +90,21 @@ fn shape_of(frame: &[u8], session: &Session) -> String {
 }
 
 impl Session {
-    /// A request was sent to the server.
-    pub(super) fn start_request(&mut self, first_frame: &Bytes) {
+    /// A request was sent to the server. Its first frame is copied into a reused buffer
+    /// (for the slow-query log): holding the frame itself would keep the client read
+    /// buffer shared, and every later read would have to allocate a new one.
+    pub(super) fn start_request(&mut self, first_frame: &[u8]) {
         if self.request_at.is_none() {
-            self.request_at = Some((Instant::now(), first_frame.clone()));
+            self.request_at = Some(Instant::now());
+            self.request_frame.clear();
+            self.request_frame
+                .extend_from_slice(&first_frame[..first_frame.len().min(FRAME_KEPT)]);
         }
     }
 
     /// The server answered the oldest request in flight (at its ReadyForQuery).
     pub(super) fn finish_request(&mut self) {
-        let Some((started, frame)) = self.request_at.take() else {
+        let Some(started) = self.request_at.take() else {
             return;
         };
         let elapsed = started.elapsed();
@@ -113,7 +120,7 @@ impl Session {
         h.observe(elapsed.as_secs_f64());
         let limit = self.shared.config.load().log.slow_query;
         if elapsed >= limit {
-            let shape = shape_of(&frame, self);
+            let shape = shape_of(&self.request_frame, self);
             tracing::warn!(
                 database = %self.identity.database,
                 target,

@@ -102,6 +102,7 @@ pub async fn run(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
         capture: None,
         unit_writes: None,
         request_at: None,
+        request_frame: Vec::new(),
         report,
         state: ClientState::new(startup),
         server: None,
@@ -349,8 +350,10 @@ pub(super) struct Session {
     pub(super) capture: Option<Box<super::cached::Capture>>,
     /// Tables the current unit wrote (bumped again when it ends).
     pub(super) unit_writes: Option<super::cached::UnitWrites>,
-    /// When the oldest request in flight was sent, and its first frame.
-    pub(super) request_at: Option<(Instant, Bytes)>,
+    /// When the oldest request in flight was sent.
+    pub(super) request_at: Option<Instant>,
+    /// The start of its first frame (reused buffer).
+    pub(super) request_frame: Vec<u8>,
     /// The client asked for route and cache reports (`sluice.report=on`).
     pub(super) report: bool,
     pub(super) state: ClientState,

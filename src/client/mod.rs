@@ -3,6 +3,7 @@
 
 mod cached;
 pub mod cancel;
+mod login;
 mod observe;
 mod relay;
 mod routing;

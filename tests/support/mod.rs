@@ -260,26 +260,25 @@ impl Cluster {
 
     /// Runs SQL as the superuser in `db`; panics on failure.
     pub fn psql_db(&self, db: &str, sql: &str) -> String {
+        match self.run_psql(db, sql) {
+            Ok(out) => out,
+            Err(e) => panic!("psql failed: {sql}: {e}"),
+        }
+    }
+
+    /// psql as the superuser: stdout, or stderr on failure.
+    fn run_psql(&self, db: &str, sql: &str) -> Result<String, String> {
         let out = Command::new("psql")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                db,
-            ])
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-U", "postgres", "-d", db])
             .args(["-v", "ON_ERROR_STOP=1", "-qAt", "-c", sql])
             .output()
-            .expect("run psql");
-        assert!(
-            out.status.success(),
-            "psql failed: {sql}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+            .map_err(|e| format!("run psql: {e}"))?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
     }
 
     /// `host:port` of the server.
@@ -321,23 +320,7 @@ impl Cluster {
 
     /// Runs SQL as the superuser; `None` on failure.
     pub fn try_psql(&self, db: &str, sql: &str) -> Option<String> {
-        let out = Command::new("psql")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                db,
-            ])
-            .args(["-v", "ON_ERROR_STOP=1", "-qAt", "-c", sql])
-            .output()
-            .ok()?;
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        self.run_psql(db, sql).ok()
     }
 
     /// `pg_ctl stop -m immediate`: the server dies as in a crash.

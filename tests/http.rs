@@ -376,6 +376,28 @@ async fn sql_over_http_round_trips_types_errors_and_the_cache() {
         body.contains("\"one\""),
         "the failed batch was not rolled back: {body}"
     );
+    // Settings made by one request do not leak into the next on a reused connection.
+    let (status, _, body) = req(
+        s.http,
+        "POST",
+        "/v1/query",
+        vec![basic.clone()],
+        r#"{"sql": "SET application_name = 'leaky'"}"#.into(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, _, body) = req(
+        s.http,
+        "POST",
+        "/v1/query",
+        vec![basic.clone()],
+        r#"{"sql": "SHOW application_name"}"#.into(),
+    )
+    .await;
+    assert!(
+        !body.contains("leaky"),
+        "a setting leaked between requests: {body}"
+    );
     // Oversized request: 413.
     let big = format!(r#"{{"sql": "SELECT '{}'"}}"#, "x".repeat(8000));
     let (status, _, _) = req(s.http, "POST", "/v1/query", vec![basic], big).await;

@@ -424,8 +424,11 @@ pub(super) async fn query(
             );
         }
     };
+    // Whatever a request SET stays with its connection: reset it before the next request
+    // (sluice answers DISCARD ALL itself, without a server).
     let reusable = !matches!(result, Err((Failure::Transport(_), _)))
-        && conn.status == crate::protocol::backend::TxStatus::Idle;
+        && conn.status == crate::protocol::backend::TxStatus::Idle
+        && simple(&mut conn, "DISCARD ALL").await.is_ok();
     let response = match result {
         Ok(outs) => {
             let last = outs.last();
